@@ -1,0 +1,290 @@
+"""Backend registry: which implementation of an op runs for a given set of inputs.
+
+A :class:`Backend` describes one implementation family (``reference``, ``cpu``, ``cuda``,
+``triton``): the devices and dtypes it serves, whether it is deterministic, whether it is available
+in this process, and why it cannot run a given call. Each op registers one kernel per backend with
+:func:`register_kernel`; its front door asks :func:`select_kernel` for the one to run.
+
+Selection:
+    * an explicit ``backend=`` argument wins, then the innermost :func:`use_backend` context, then
+      the ``STMODELS_BACKEND`` environment variable, then ``"auto"``;
+    * ``"auto"`` walks :data:`AUTO_PRIORITY` for the device of the inputs and takes the first
+      backend with no reasons against it;
+    * an explicit backend that cannot run raises :class:`BackendNotSupportedError` listing every
+      reason; it never silently falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from stmodels import _ext
+
+__all__ = [
+    "AUTO",
+    "AUTO_PRIORITY",
+    "Backend",
+    "BackendNotSupportedError",
+    "BACKENDS",
+    "backend_names",
+    "current_backend",
+    "get_backend",
+    "register_kernel",
+    "select_kernel",
+    "use_backend",
+    "kernels_of",
+]
+
+AUTO = "auto"
+ENV_VARIABLE = "STMODELS_BACKEND"
+
+#: Order in which ``auto`` tries backends, per device type of the inputs.
+AUTO_PRIORITY: dict[str, tuple[str, ...]] = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+FLOATING = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class BackendNotSupportedError(RuntimeError):
+    """An explicitly requested backend cannot run the given inputs; the message lists why."""
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _extension_reason() -> str | None:
+    return _ext.load_error()
+
+
+def _cuda_kernels_reason() -> str | None:
+    reason = _ext.load_error()
+    if reason is not None:
+        return reason
+    if not _ext.has_cuda_kernels():
+        return (
+            "stmodels._C was built without CUDA kernels (torch without CUDA or no CUDA toolkit at "
+            "build time); rebuild on a CUDA machine, or with FORCE_CUDA=1"
+        )
+    return None
+
+
+def _triton_reason() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        return f"triton is not installed ({error}); `pip install triton`"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation family of the ops.
+
+    Args:
+        name: the name users pass as ``backend=``.
+        devices: device types (``"cpu"``, ``"cuda"``) whose tensors it accepts.
+        dtypes: floating dtypes of the main input (``u`` or ``x``) it accepts.
+        deterministic: whether repeated runs on the same inputs give bit-identical results.
+        description: one line for ``python -m stmodels.info``.
+        availability: returns why the backend cannot run in this process, or None.
+        extra_devices: returns device types accepted in addition to ``devices`` right now
+            (Triton accepts CPU tensors under ``TRITON_INTERPRET=1``).
+    """
+
+    name: str
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    deterministic: bool
+    description: str
+    availability: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    extra_devices: Callable[[], tuple[str, ...]] = field(default=lambda: (), repr=False)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run at all in this process, or None."""
+        return self.availability()
+
+    def is_available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def accepted_devices(self) -> tuple[str, ...]:
+        return self.devices + tuple(d for d in self.extra_devices() if d not in self.devices)
+
+    def reasons_not_supported(self, tensors: Mapping[str, torch.Tensor | None], main: str) -> list[str]:
+        """Every reason this backend cannot run a call with these (already validated) inputs.
+
+        Args:
+            tensors: the call's tensor arguments by name (None for absent optional ones).
+            main: the name of the tensor whose dtype selects the kernel (``"u"`` or ``"x"``).
+        """
+        reasons = []
+        unavailable = self.unavailable_reason()
+        if unavailable is not None:
+            reasons.append(unavailable)
+        accepted = self.accepted_devices()
+        for name, tensor in tensors.items():
+            if tensor is not None and tensor.device.type not in accepted:
+                hint = ""
+                if self.name == "triton" and tensor.device.type == "cpu":
+                    hint = " (set TRITON_INTERPRET=1 to run Triton kernels on the CPU through its interpreter)"
+                reasons.append(
+                    f"`{self.name}` runs on {', '.join(accepted)} tensors, but `{name}` is on "
+                    f"{tensor.device}{hint}"
+                )
+                break
+        main_tensor = tensors[main]
+        if main_tensor.dtype not in self.dtypes:
+            accepted_dtypes = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes)
+            reasons.append(
+                f"`{self.name}` supports {main} of dtype {accepted_dtypes}, got {main_tensor.dtype}"
+            )
+        return reasons
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        Backend(
+            name="reference",
+            devices=("cpu", "cuda"),
+            dtypes=FLOATING + (torch.float64,),
+            deterministic=True,
+            description="plain differentiable PyTorch: the specification and the ground truth",
+        ),
+        Backend(
+            name="cpu",
+            devices=("cpu",),
+            dtypes=FLOATING,
+            deterministic=True,
+            description="C++ kernels of stmodels._C, multi-threaded and vectorised",
+            availability=_extension_reason,
+        ),
+        Backend(
+            name="cuda",
+            devices=("cuda",),
+            dtypes=FLOATING,
+            deterministic=True,
+            description="CUDA C++ kernels of stmodels._C",
+            availability=_cuda_kernels_reason,
+        ),
+        Backend(
+            name="triton",
+            devices=("cuda",),
+            dtypes=FLOATING,
+            deterministic=True,
+            description="Triton kernels (CPU tensors too under TRITON_INTERPRET=1)",
+            availability=_triton_reason,
+            extra_devices=lambda: ("cpu",) if _triton_interpreting() else (),
+        ),
+    )
+}
+
+# op name -> backend name -> (kernel, extra reasons for a call)
+_KERNELS: dict[str, dict[str, tuple[Callable, Callable[..., list[str]] | None]]] = {}
+
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("stmodels_backend", default=None)
+
+
+def backend_names() -> tuple[str, ...]:
+    """Names accepted by ``backend=``: ``"auto"`` and every registered backend."""
+    return (AUTO,) + tuple(BACKENDS)
+
+
+def _check_name(name: str, where: str) -> str:
+    if not isinstance(name, str) or name not in backend_names():
+        raise ValueError(f"{where}: unknown backend {name!r}; expected one of {', '.join(backend_names())}")
+    return name
+
+
+def get_backend(name: str) -> Backend:
+    """The :class:`Backend` called ``name``."""
+    _check_name(name, "get_backend")
+    if name == AUTO:
+        raise ValueError("get_backend: 'auto' is a selection rule, not a backend")
+    return BACKENDS[name]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within the ``with`` block, ops called with ``backend=None`` or ``"auto"`` use ``name``.
+
+    Example:
+        >>> with stmodels.ops.use_backend("reference"):
+        ...     out = stmodels.ops.selective_scan(u, delta, A, B, C)
+    """
+    token = _context_backend.set(_check_name(name, "use_backend"))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def current_backend() -> str:
+    """The default backend now: the innermost :func:`use_backend`, else ``STMODELS_BACKEND``, else auto."""
+    name = _context_backend.get()
+    if name is not None:
+        return name
+    from_env = os.environ.get(ENV_VARIABLE)
+    if from_env:
+        return _check_name(from_env.strip(), f"environment variable {ENV_VARIABLE}")
+    return AUTO
+
+
+def register_kernel(op: str, backend: str, kernel: Callable, extra_reasons: Callable[..., list[str]] | None = None):
+    """Register ``kernel`` as the implementation of ``op`` for ``backend``.
+
+    ``extra_reasons(args) -> list[str]`` adds op-specific limits (e.g. a maximum state size).
+    """
+    get_backend(backend)
+    _KERNELS.setdefault(op, {})[backend] = (kernel, extra_reasons)
+
+
+def kernels_of(op: str) -> tuple[str, ...]:
+    """Backends that registered a kernel for ``op``."""
+    return tuple(_KERNELS.get(op, {}))
+
+
+def _reasons(op: str, backend: str, args, tensors: Mapping[str, torch.Tensor | None], main: str) -> list[str]:
+    entry = _KERNELS.get(op, {}).get(backend)
+    if entry is None:
+        return [f"`{backend}` has no kernel for {op} (implemented: {', '.join(kernels_of(op)) or 'none'})"]
+    kernel, extra_reasons = entry
+    reasons = BACKENDS[backend].reasons_not_supported(tensors, main)
+    if extra_reasons is not None and not reasons:
+        reasons += extra_reasons(args)
+    return reasons
+
+
+def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torch.Tensor | None], main: str):
+    """Pick the kernel that runs ``op`` for these inputs; returns ``(backend_name, kernel)``.
+
+    Args:
+        op: the op name (``"selective_scan"``, ``"adaln_modulate"``).
+        backend: the caller's ``backend=`` (None or ``"auto"`` follow :func:`current_backend`).
+        args: the op's validated, canonical arguments (passed to ``extra_reasons``).
+        tensors: the call's tensors by argument name.
+        main: the argument whose dtype selects the kernel.
+    """
+    name = current_backend() if backend is None or backend == AUTO else _check_name(backend, op)
+    if name != AUTO:
+        reasons = _reasons(op, name, args, tensors, main)
+        if reasons:
+            listed = "\n".join(f"  - {reason}" for reason in reasons)
+            raise BackendNotSupportedError(f"{op}: backend {name!r} cannot run these inputs:\n{listed}")
+        return name, _KERNELS[op][name][0]
+    device = tensors[main].device.type
+    tried = []
+    for candidate in AUTO_PRIORITY.get(device, ("reference",)):
+        reasons = _reasons(op, candidate, args, tensors, main)
+        if not reasons:
+            return candidate, _KERNELS[op][candidate][0]
+        tried.append(f"  - {candidate}: {'; '.join(reasons)}")
+    raise BackendNotSupportedError(f"{op}: no backend can run these inputs:\n" + "\n".join(tried))

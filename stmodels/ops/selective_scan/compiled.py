@@ -1,0 +1,79 @@
+"""The ``cpu`` and ``cuda`` backends: the compiled ``torch.ops.stmodels.selective_scan_fwd/_bwd``.
+
+The C++/CUDA kernels are registered by ``csrc/``; this module adds what PyTorch needs around them,
+once, and only when the extension loaded: fake (meta) kernels, so ``torch.compile`` and
+``torch.library.opcheck`` can trace them, and autograd, whose backward calls the ``_bwd`` op of the
+same device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stmodels import _ext
+from stmodels.ops._backend import register_kernel
+from stmodels.ops.selective_scan.checks import ScanArgs
+
+__all__ = ["register", "scan_compiled_kernel"]
+
+_INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional):
+    batch, dim, length = u.shape[-3:]
+    N = A.shape[-1]
+    out = u.new_empty((batch, dim, length))
+    state_shape = (2, batch, dim, N) if bidirectional else (batch, dim, N)
+    return out, u.new_empty(state_shape, dtype=torch.float32)
+
+
+def _fake_backward(dout, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
+                   bidirectional):
+    def like(tensor):
+        return dout.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
+
+    return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    ctx.flags = (delta_softplus, reverse, bidirectional)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad_out, grad_last_state):
+    saved = ctx.saved_tensors
+    grads = torch.ops.stmodels.selective_scan_bwd(grad_out.contiguous(), *saved, *ctx.flags)
+    # Absent optional inputs get no gradient (the op returns empty placeholders for them).
+    result = [None if tensor is None else grad for tensor, grad in zip(saved, grads)]
+    return (*result, None, None, None)
+
+
+_registered = False
+
+
+def _register_torch_library() -> None:
+    global _registered
+    if _registered:
+        return
+    torch.library.register_fake("stmodels::selective_scan_fwd")(_fake_forward)
+    torch.library.register_fake("stmodels::selective_scan_bwd")(_fake_backward)
+    torch.library.register_autograd("stmodels::selective_scan_fwd", _backward, setup_context=_setup_context)
+    _registered = True
+
+
+def scan_compiled_kernel(args: ScanArgs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the compiled op (the CPU or CUDA kernel, chosen by the device of the inputs)."""
+    return torch.ops.stmodels.selective_scan_fwd(
+        *(args.tensors()[name] for name in _INPUT_NAMES),
+        args.delta_softplus, args.reverse, args.bidirectional,
+    )
+
+
+def register(op: str) -> None:
+    """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
+    if _ext.available():
+        _register_torch_library()
+    register_kernel(op, "cpu", scan_compiled_kernel)
+    register_kernel(op, "cuda", scan_compiled_kernel)
