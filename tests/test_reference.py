@@ -136,3 +136,12 @@ def test_bi_equals_two_calls_with_flips_reference():
     y_bwd = flip(selective_scan_ref(flip(b[0]), flip(b[1]), b[2], flip(b[3]), flip(b[4]), b[5], None, b[7], True))
     expected = (y_fwd + y_bwd) * torch.nn.functional.silu(a[6])
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_bi_reads_overlapping_shape_per_direction():
+    # With batch 2, B of shape (2, 2, N, L) fits both "per direction" and "shared, 2 groups";
+    # the documented rule reads it per direction, the same as the explicit 5-D form.
+    u, delta, A, _, C, D, z, delta_bias, _ = _scan_inputs(batch=2, dim=4)
+    B = torch.randn(2, 2, 3, 6, dtype=f64)
+    explicit = bi_selective_scan_ref(u, delta, A, B.unsqueeze(2), C, D, z, delta_bias)
+    torch.testing.assert_close(bi_selective_scan_ref(u, delta, A, B, C, D, z, delta_bias), explicit)

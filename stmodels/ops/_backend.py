@@ -253,11 +253,11 @@ def kernels_of(op: str) -> tuple[str, ...]:
 
 
 def _reasons(op: str, backend: str, args, tensors: Mapping[str, torch.Tensor | None], main: str) -> list[str]:
+    reasons = BACKENDS[backend].reasons_not_supported(tensors, main)
     entry = _KERNELS.get(op, {}).get(backend)
     if entry is None:
-        return [f"`{backend}` has no kernel for {op} (implemented: {', '.join(kernels_of(op)) or 'none'})"]
-    kernel, extra_reasons = entry
-    reasons = BACKENDS[backend].reasons_not_supported(tensors, main)
+        return reasons + [f"`{backend}` has no kernel for {op} (implemented: {', '.join(kernels_of(op)) or 'none'})"]
+    extra_reasons = entry[1]
     if extra_reasons is not None and not reasons:
         reasons += extra_reasons(args)
     return reasons

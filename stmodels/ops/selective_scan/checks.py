@@ -12,9 +12,11 @@ and the fake kernels take (see ``csrc/ops.cpp``):
 * ``D, delta_bias``: ``(dim,)`` or ``(2, dim)``; ``initial_state``: ``(batch, dim, N)``.
 
 In ``bi_selective_scan`` a tensor is read as per-direction when it has one more axis than its shared
-form and that leading axis has size 2. A ``B`` or ``C`` whose shape fits both readings (with batch
-2, ``(2, 2, N, L)`` is per-direction without groups or shared with 2 groups) is rejected with an
-error that asks for the unambiguous per-direction form ``(2, batch, G, N, L)``.
+form and that leading axis has size 2. The spec's shapes overlap in one place: with batch 2, a
+``B`` or ``C`` of shape ``(2, 2, N, L)`` is either per-direction without groups or shared with 2
+groups. The per-direction reading wins (it is the common one); give a shared grouped tensor of
+batch 2 as ``B.expand(2, *B.shape)``, the per-direction form ``(2, batch, G, N, L)``, which computes
+the same output.
 """
 
 from __future__ import annotations
@@ -101,15 +103,7 @@ def _canonical_BC(op: str, name: str, tensor, u, batch: int, dim: int, length: i
     shape = tuple(tensor.shape)
     if bidirectional and shape[:1] == (2,):
         per_direction_plain = rank == 4 and shape[1:] == (batch, N, length)
-        shared_grouped = rank == 4 and shape[0] == batch and shape[2:] == (N, length) and dim % shape[1] == 0
         per_direction_constant = rank == 3 and shape[1:] == (dim, N)
-        shared_plain = rank == 3 and shape == (batch, N, length)
-        if (per_direction_plain and shared_grouped) or (per_direction_constant and shared_plain):
-            raise ValueError(
-                f"{op}: `{name}` of shape {shape} is ambiguous (its leading 2 may be the direction axis "
-                f"or batch={batch}); pass it as (2, batch, G, N, L) per direction, expanding a shared "
-                f"tensor to both directions if needed"
-            )
         if rank == 5 and shape[1] == batch:
             lead = 1
         elif per_direction_plain:

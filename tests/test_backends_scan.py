@@ -1,0 +1,225 @@
+"""Layer 2: every selective-scan backend against the reference, outputs and every gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stmodels.ops import bi_selective_scan, selective_scan
+from tests._backends import DTYPES, LOW_PRECISION, backend_params, device_for, dtype_id
+from tests._tolerances import assert_matches
+
+OP = "selective_scan"
+BACKENDS = backend_params("cpu")
+
+
+@dataclass(frozen=True)
+class ScanCase:
+    batch: int = 2
+    dim: int = 6
+    length: int = 9
+    N: int = 3
+    B_form: str = "variable"  # variable | groups | constant
+    C_form: str = "variable"
+    groups: int = 2
+    bc_float32: bool = False  # B, C in float32 while u is low precision
+    has_D: bool = True
+    has_z: bool = True
+    has_delta_bias: bool = True
+    softplus: bool = True
+    reverse: bool = False
+    has_initial_state: bool = False
+    bidirectional: bool = False
+    per_direction: frozenset = frozenset()  # names with a leading direction axis (bidirectional)
+
+
+def _make(case: ScanCase, dtype: torch.dtype, device, generator: torch.Generator):
+    """Inputs of ``case`` as float32 tensors (rounded through ``dtype`` where that dtype applies)."""
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=generator) * scale + shift
+
+    def lowp(t):
+        return t.to(dtype).float()
+
+    def maybe_dir(name, make):
+        if case.bidirectional and name in case.per_direction:
+            return torch.stack([make(), make()])
+        return make()
+
+    b, d, L, N = case.batch, case.dim, case.length, case.N
+
+    def bc(form):
+        if form == "constant":
+            return randn(d, N)
+        if form == "groups":
+            return randn(b, case.groups, N, L)
+        return randn(b, N, L)
+
+    bc_round = (lambda t: t) if case.bc_float32 else lowp
+    inputs = {
+        "u": maybe_dir("u", lambda: lowp(randn(b, d, L))),
+        # softplus makes any delta positive; without it, feed positive step sizes as Mamba does.
+        "delta": maybe_dir("delta", lambda: lowp(
+            randn(b, d, L, scale=0.5, shift=-0.5) if case.softplus
+            else torch.rand(b, d, L, generator=generator) * 0.5 + 0.05)),
+        "A": maybe_dir("A", lambda: -torch.rand(d, N, generator=generator) - 0.2),
+        "B": maybe_dir("B", lambda: bc_round(bc(case.B_form))),
+        "C": maybe_dir("C", lambda: bc_round(bc(case.C_form))),
+        "D": maybe_dir("D", lambda: randn(d)) if case.has_D else None,
+        "z": lowp(randn(b, d, L)) if case.has_z else None,
+        "delta_bias": maybe_dir("delta_bias", lambda: randn(d, scale=0.3)) if case.has_delta_bias else None,
+        "initial_state": randn(b, d, N) if case.has_initial_state else None,
+    }
+    return {k: None if v is None else v.to(device) for k, v in inputs.items()}
+
+
+def _cast(inputs, case: ScanCase, dtype):
+    """Low-precision copies of the activations (u, delta, z; B and C unless bc_float32)."""
+    names = {"u", "delta", "z"} | (set() if case.bc_float32 else {"B", "C"})
+    return {k: (v.to(dtype) if (v is not None and k in names) else v) for k, v in inputs.items()}
+
+
+def _run(case: ScanCase, inputs, backend, grad_out):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    args = {k: leaves.get(k) for k in inputs}
+    if case.bidirectional:
+        args.pop("initial_state")
+        out = bi_selective_scan(**args, delta_softplus=case.softplus, backend=backend)
+        last = None
+    else:
+        out, last = selective_scan(**args, delta_softplus=case.softplus, reverse=case.reverse,
+                                   return_last_state=True, backend=backend)
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(out.dtype))
+    return out, last, dict(zip(leaves, grads))
+
+
+def check_backend(case: ScanCase, dtype: torch.dtype, backend: str, seed: int = 0):
+    device = device_for(backend)
+    generator = torch.Generator().manual_seed(seed)
+    inputs32 = _make(case, dtype, device, generator)
+    grad_out = torch.randn(case.batch, case.dim, case.length, generator=generator).to(device)
+    if dtype in LOW_PRECISION:
+        grad_out = grad_out.to(dtype).float()
+        lowp = _cast(inputs32, case, dtype)
+        expected = _run(case, inputs32, "reference", grad_out)
+        lowp_ref = _run(case, lowp, "reference", grad_out)
+        actual = _run(case, lowp, backend, grad_out)
+    else:
+        expected = _run(case, inputs32, "reference", grad_out)
+        lowp_ref = None
+        actual = _run(case, inputs32, backend, grad_out)
+    assert actual[0].dtype == dtype and actual[0].shape == expected[0].shape
+    assert_matches(OP, dtype, "fwd", "out", actual[0], expected[0], None if lowp_ref is None else lowp_ref[0])
+    if actual[1] is not None:
+        assert actual[1].dtype == torch.float32
+        assert_matches(OP, dtype, "fwd", "last_state", actual[1], expected[1],
+                       None if lowp_ref is None else lowp_ref[1])
+    for name, grad in actual[2].items():
+        assert grad.shape == expected[2][name].shape and grad.dtype == inputs_dtype(lowp_ref, actual, name)
+        assert_matches(OP, dtype, "bwd", f"d{name}", grad, expected[2][name],
+                       None if lowp_ref is None else lowp_ref[2][name])
+
+
+def inputs_dtype(lowp_ref, actual, name):
+    # A gradient has the dtype of its input; the reference run on the same inputs tells which that is.
+    return (lowp_ref or actual)[2][name].dtype
+
+
+UNI_CASES = {
+    "all_flags": ScanCase(),
+    "minimal": ScanCase(has_D=False, has_z=False, has_delta_bias=False, softplus=False),
+    "reverse": ScanCase(reverse=True),
+    "initial_state": ScanCase(has_initial_state=True),
+    "initial_state_reverse": ScanCase(has_initial_state=True, reverse=True, has_z=False),
+    "groups": ScanCase(B_form="groups", C_form="groups", groups=3),
+    "constant_B": ScanCase(B_form="constant"),
+    "constant_C": ScanCase(C_form="constant"),
+    "constant_BC_no_z": ScanCase(B_form="constant", C_form="constant", has_z=False),
+    "bc_float32": ScanCase(bc_float32=True),
+    "no_softplus": ScanCase(softplus=False),
+    "L1": ScanCase(length=1, has_initial_state=True),
+    "odd_sizes": ScanCase(batch=1, dim=7, length=13, N=5),
+}
+
+BI_CASES = {
+    "per_direction_all": ScanCase(bidirectional=True, per_direction=frozenset({"u", "delta", "A", "B", "C", "D", "delta_bias"})),
+    "shared_all": ScanCase(bidirectional=True),
+    "mixed": ScanCase(bidirectional=True, batch=3, per_direction=frozenset({"A", "C", "delta_bias"}), B_form="groups", C_form="groups"),
+    "per_direction_constant_B": ScanCase(bidirectional=True, B_form="constant", per_direction=frozenset({"B", "u"})),
+    "minimal": ScanCase(bidirectional=True, has_D=False, has_z=False, has_delta_bias=False, softplus=False,
+                        per_direction=frozenset({"A"})),
+    "L1_odd": ScanCase(bidirectional=True, batch=3, dim=5, length=1, N=7, per_direction=frozenset({"delta", "B"})),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", list(UNI_CASES), ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_selective_scan_matches_reference(backend, case, dtype):
+    check_backend(UNI_CASES[case], dtype, backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", list(BI_CASES), ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bi_selective_scan_matches_reference(backend, case, dtype):
+    check_backend(BI_CASES[case], dtype, backend)
+
+
+@st.composite
+def scan_cases(draw, bidirectional: bool):
+    dim = draw(st.integers(1, 12))
+    divisors = [g for g in range(1, dim + 1) if dim % g == 0]
+    names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+    return ScanCase(
+        batch=draw(st.integers(1, 3)),
+        dim=dim,
+        length=draw(st.sampled_from([1, 2, 3, 7, 16, 31, 64, 100])),
+        N=draw(st.integers(1, 20)),
+        B_form=draw(st.sampled_from(["variable", "groups", "constant"])),
+        C_form=draw(st.sampled_from(["variable", "groups", "constant"])),
+        groups=draw(st.sampled_from(divisors)),
+        has_D=draw(st.booleans()),
+        has_z=draw(st.booleans()),
+        has_delta_bias=draw(st.booleans()),
+        softplus=draw(st.booleans()),
+        reverse=False if bidirectional else draw(st.booleans()),
+        has_initial_state=False if bidirectional else draw(st.booleans()),
+        bidirectional=bidirectional,
+        per_direction=frozenset(n for n in names if bidirectional and draw(st.booleans())),
+    )
+
+
+def _avoid_ambiguity(case: ScanCase) -> ScanCase:
+    # With batch 2, a shared B/C of 2 groups has the shape of a per-direction one, and the
+    # bidirectional op reads it per direction (see checks.py); keep the generated case unambiguous.
+    if case.bidirectional and case.batch == 2 and case.groups == 2:
+        return replace(case, batch=3)
+    return case
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=30)
+@given(case=scan_cases(bidirectional=False), seed=st.integers(0, 2**16))
+def test_selective_scan_hypothesis(backend, case, seed):
+    check_backend(case, torch.float32, backend, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=30)
+@given(case=scan_cases(bidirectional=True), seed=st.integers(0, 2**16))
+def test_bi_selective_scan_hypothesis(backend, case, seed):
+    check_backend(_avoid_ambiguity(case), torch.float32, backend, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_long_sequence(backend, bidirectional):
+    case = ScanCase(batch=1, dim=3, length=4096, N=4, bidirectional=bidirectional,
+                    has_initial_state=not bidirectional, per_direction=frozenset({"A", "B"}))
+    check_backend(case, torch.float32, backend)
