@@ -86,7 +86,9 @@ def extension_modules():
     debug = env_flag("DEBUG")
     with_cuda = want_cuda(torch)
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags += ["-std=c++17", "-fvisibility=hidden"]
+    # at::parallel_for is an inline OpenMP loop in torch's headers: without -fopenmp it runs on one thread.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags += ["-fvisibility=hidden"] + openmp
     nvcc_flags = (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]) + [
         "-std=c++17",
         "--expt-relaxed-constexpr",
@@ -126,7 +128,7 @@ def extension_modules():
         include_dirs=[str(CSRC), str(GENERATED_INCLUDE)],
         define_macros=[("STMODELS_WITH_CUDA", "1")] if cuda_sources else [],
         extra_compile_args=compile_args,
-        extra_link_args=[] if debug else ["-O3"],
+        extra_link_args=openmp + ([] if debug else ["-O3"]),
     )
 
     class BuildWithIsaVariants(BuildExtension):

@@ -73,3 +73,10 @@ def test_build_info_is_recorded():
     info = _ext.build_info()
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert "cxx_flags" in info and "with_cuda" in info
+
+
+def test_compiled_backend_reports_a_binary_without_the_kernel():
+    from stmodels.ops._backend import missing_kernel_reasons
+
+    reasons = missing_kernel_reasons("no_such_op", "CPU")(None)
+    assert len(reasons) == 1 and "no CPU kernel for stmodels::no_such_op_fwd, stmodels::no_such_op_bwd" in reasons[0]

@@ -39,6 +39,7 @@ __all__ = [
     "select_kernel",
     "use_backend",
     "kernels_of",
+    "missing_kernel_reasons",
 ]
 
 AUTO = "auto"
@@ -245,6 +246,29 @@ def register_kernel(op: str, backend: str, kernel: Callable, extra_reasons: Call
     """
     get_backend(backend)
     _KERNELS.setdefault(op, {})[backend] = (kernel, extra_reasons)
+
+
+def missing_kernel_reasons(op_prefix: str, dispatch_key: str) -> Callable[..., list[str]]:
+    """Extra reasons for a compiled backend: its binary must hold ``stmodels::<op_prefix>_fwd/_bwd``
+    kernels for ``dispatch_key`` (an old or partial build may not)."""
+
+    def has_kernel(name: str) -> bool:
+        try:
+            return torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key)
+        except RuntimeError:  # the operator itself is not registered
+            return False
+
+    def reasons(args) -> list[str]:
+        missing = [
+            f"stmodels::{op_prefix}{suffix}"
+            for suffix in ("_fwd", "_bwd")
+            if not has_kernel(f"stmodels::{op_prefix}{suffix}")
+        ]
+        if missing:
+            return [f"the loaded stmodels._C has no {dispatch_key} kernel for {', '.join(missing)}; {_ext.REBUILD_HINT}"]
+        return []
+
+    return reasons
 
 
 def kernels_of(op: str) -> tuple[str, ...]:

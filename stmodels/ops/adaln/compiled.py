@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from stmodels import _ext
-from stmodels.ops._backend import register_kernel
+from stmodels.ops._backend import missing_kernel_reasons, register_kernel
 from stmodels.ops.adaln.checks import AdalnArgs
 
 __all__ = ["register", "adaln_compiled_kernel"]
@@ -65,5 +65,5 @@ def register(op: str) -> None:
     """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
     if _ext.available():
         _register_torch_library()
-    register_kernel(op, "cpu", adaln_compiled_kernel)
-    register_kernel(op, "cuda", adaln_compiled_kernel)
+    register_kernel(op, "cpu", adaln_compiled_kernel, missing_kernel_reasons("adaln", "CPU"))
+    register_kernel(op, "cuda", adaln_compiled_kernel, missing_kernel_reasons("adaln", "CUDA"))

@@ -12,11 +12,15 @@ and the fake kernels take (see ``csrc/ops.cpp``):
 * ``D, delta_bias``: ``(dim,)`` or ``(2, dim)``; ``initial_state``: ``(batch, dim, N)``.
 
 In ``bi_selective_scan`` a tensor is read as per-direction when it has one more axis than its shared
-form and that leading axis has size 2. The spec's shapes overlap in one place: with batch 2, a
-``B`` or ``C`` of shape ``(2, 2, N, L)`` is either per-direction without groups or shared with 2
-groups. The per-direction reading wins (it is the common one); give a shared grouped tensor of
-batch 2 as ``B.expand(2, *B.shape)``, the per-direction form ``(2, batch, G, N, L)``, which computes
-the same output.
+form and that leading axis has size 2. The spec's shapes overlap in two places, and the
+per-direction reading (the common one) wins in both:
+
+* batch 2: ``B`` or ``C`` of shape ``(2, 2, N, L)`` is per-direction without groups, not shared
+  with 2 groups; give such a shared grouped tensor as ``B.expand(2, *B.shape)``;
+* batch 2 and dim == N == L: ``(2, dim, N)`` is per-direction constant, not shared ``(batch, N, L)``;
+  give such a shared tensor as ``B.unsqueeze(1)`` (one group).
+
+Both alternatives compute the same output as the intended reading.
 """
 
 from __future__ import annotations

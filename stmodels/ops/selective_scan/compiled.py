@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from stmodels import _ext
-from stmodels.ops._backend import register_kernel
+from stmodels.ops._backend import missing_kernel_reasons, register_kernel
 from stmodels.ops.selective_scan.checks import ScanArgs
 
 __all__ = ["register", "scan_compiled_kernel"]
@@ -75,5 +75,5 @@ def register(op: str) -> None:
     """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
     if _ext.available():
         _register_torch_library()
-    register_kernel(op, "cpu", scan_compiled_kernel)
-    register_kernel(op, "cuda", scan_compiled_kernel)
+    register_kernel(op, "cpu", scan_compiled_kernel, missing_kernel_reasons("selective_scan", "CPU"))
+    register_kernel(op, "cuda", scan_compiled_kernel, missing_kernel_reasons("selective_scan", "CUDA"))
