@@ -1,0 +1,352 @@
+// CPU implementation of stmodels::adaln_fwd / adaln_bwd (schemas in csrc/ops.cpp).
+//
+// AdaLN modulation as in DiT (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"):
+//   out = LayerNorm(x, eps; weight, bias) * (1 + scale) + shift
+// with LayerNorm as in Ba, Kiros & Hinton 2016 ("Layer Normalization"; biased variance, as
+// torch.nn.functional.layer_norm).
+//
+// This file validates the arguments, allocates the outputs, picks the kernel flavour for the CPU
+// (adaln_kernel_{base,avx2,avx512}.cpp, one templated kernel in adaln_kernel.h) and splits the
+// work with at::parallel_for. The file must be compiled with -fopenmp: at::parallel_for is a header
+// template that only runs in parallel when _OPENMP is defined in the calling translation unit.
+//
+// Determinism: rows are grouped into blocks fixed by the shape (Blocking); every block is computed
+// by one thread, sequentially, into its own partial sums, and the partials are reduced in block
+// order. Nothing depends on the thread count, so results are bit-identical for any
+// at::set_num_threads (no atomics).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "adaln_params.h"
+
+#ifndef _OPENMP
+#warning "adaln_cpu.cpp built without -fopenmp: at::parallel_for will run single-threaded"
+#endif
+
+namespace stmodels {
+namespace adaln {
+namespace {
+
+using at::Tensor;
+
+// ---- kernel flavour ---------------------------------------------------------------------------
+enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+
+struct Caps {
+  bool avx2 = false;    // avx2 + fma + f16c (adaln_kernel_avx2.cpp)
+  bool avx512 = false;  // avx512 f/bw/vl/dq + fma (adaln_kernel_avx512.cpp)
+};
+
+Caps cpu_caps() {
+  static const Caps caps = [] {
+    Caps c;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    c.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    c.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("fma");
+#endif
+    return c;
+  }();
+  return caps;
+}
+
+bool supported(Isa isa) {
+  const Caps c = cpu_caps();
+  return isa == Isa::kBase || (isa == Isa::kAvx2 && c.avx2) || (isa == Isa::kAvx512 && c.avx512);
+}
+
+// The flavour for a dtype. Measured on Zen 4 (8x256x384, one thread): float32 and float16 run
+// 5-10% faster with 8-lane AVX2 than with AVX-512 (both are bound by loads/stores, and Zen 4
+// executes 512-bit operations as two 256-bit halves), while bfloat16 runs 20-30% faster with
+// AVX-512 (its float -> bfloat16 rounding is integer work, half the instructions at 16 lanes).
+// STMODELS_ADALN_ISA=base|avx2|avx512 forces a flavour (to test each one on one machine); read on
+// every call so a test can switch it. A flavour the CPU lacks is never chosen.
+Isa pick_isa(DType dtype) {
+  if (const char* env = std::getenv("STMODELS_ADALN_ISA")) {
+    Isa want = Isa::kAvx512;
+    if (std::strcmp(env, "base") == 0) want = Isa::kBase;
+    else if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
+    for (int i = static_cast<int>(want); i > 0; --i)
+      if (supported(static_cast<Isa>(i))) return static_cast<Isa>(i);
+    return Isa::kBase;
+  }
+  const Caps c = cpu_caps();
+  if (dtype == kBFloat16 && c.avx512) return Isa::kAvx512;
+  if (c.avx2) return Isa::kAvx2;
+  if (c.avx512) return Isa::kAvx512;
+  return Isa::kBase;
+}
+
+void run_fwd(Isa isa, const FwdArgs& a, int64_t b0, int64_t b1, float* scratch) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    case Isa::kAvx512: avx512::fwd_blocks(a, b0, b1, scratch); return;
+    case Isa::kAvx2: avx2::fwd_blocks(a, b0, b1, scratch); return;
+#endif
+    default: base::fwd_blocks(a, b0, b1, scratch); return;
+  }
+}
+
+void run_bwd(Isa isa, const BwdArgs& a, int64_t b0, int64_t b1, float* scratch) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    case Isa::kAvx512: avx512::bwd_blocks(a, b0, b1, scratch); return;
+    case Isa::kAvx2: avx2::bwd_blocks(a, b0, b1, scratch); return;
+#endif
+    default: base::bwd_blocks(a, b0, b1, scratch); return;
+  }
+}
+
+void run_reduce(Isa isa, const BwdArgs& a, int64_t t0, int64_t t1) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    case Isa::kAvx512: avx512::bwd_reduce(a, t0, t1); return;
+    case Isa::kAvx2: avx2::bwd_reduce(a, t0, t1); return;
+#endif
+    default: base::bwd_reduce(a, t0, t1); return;
+  }
+}
+
+// Per-thread scratch rows, 64-byte aligned (and each row padded to 64 bytes, adaln_params.h): with
+// 16-lane vectors an unaligned buffer makes every load of it straddle two cache lines.
+class ScratchRows {
+ public:
+  explicit ScratchRows(int64_t n) : p_(static_cast<float*>(std::aligned_alloc(64, bytes(n)))) {
+    TORCH_CHECK(p_ != nullptr, "adaln: cannot allocate ", bytes(n), " bytes of scratch");
+  }
+  ~ScratchRows() { std::free(p_); }
+  ScratchRows(const ScratchRows&) = delete;
+  ScratchRows& operator=(const ScratchRows&) = delete;
+  float* get() const { return p_; }
+
+ private:
+  static size_t bytes(int64_t n) { return (static_cast<size_t>(n) * sizeof(float) + 63) / 64 * 64; }
+  float* p_;
+};
+
+// ---- blocking -----------------------------------------------------------------------------------
+// About target_blocks blocks in all, never splitting a sample into chunks under kMinRows rows. A
+// function of the shape only. The backward keeps 2*H partial floats per block, written and then
+// reduced: 32 blocks measured slightly faster than 64 or 128 at 8x256x384 and still balance a
+// few dozen threads. The forward has no partials, only the per-sample factors (H floats) per
+// block, so it can afford finer blocks.
+constexpr int64_t kFwdTargetBlocks = 128, kBwdTargetBlocks = 32, kMinRows = 8;
+
+Blocking make_blocking(int64_t batch, int64_t S, int64_t H, int64_t target_blocks) {
+  Blocking bl{batch, S, H, 1, 0};
+  if (S <= 0) return bl;
+  const int64_t want = batch > 0 ? (target_blocks + batch - 1) / batch : 1;
+  const int64_t most = (S + kMinRows - 1) / kMinRows;
+  const int64_t chunks = std::max<int64_t>(1, std::min(want, most));
+  bl.rows_per_chunk = (S + chunks - 1) / chunks;
+  bl.chunks = (S + bl.rows_per_chunk - 1) / bl.rows_per_chunk;  // no empty chunk
+  return bl;
+}
+
+// Blocks per at::parallel_for task: at least ~32K elements, below which a parallel region costs
+// more than it saves. (Only the split among threads depends on it, never the results.)
+int64_t grain_blocks(const Blocking& bl) {
+  constexpr int64_t kMinTaskElems = 32768;
+  const int64_t per_block = std::max<int64_t>(1, bl.rows_per_chunk * bl.H);
+  return std::max<int64_t>(1, kMinTaskElems / per_block);
+}
+
+// ---- validation ---------------------------------------------------------------------------------
+DType dtype_of(const Tensor& x, const char* op) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return kFloat32;
+    case at::kHalf: return kFloat16;
+    case at::kBFloat16: return kBFloat16;
+    default:
+      TORCH_CHECK(false, op, ": x must be float32, float16 or bfloat16, got ", x.scalar_type());
+  }
+}
+
+void check_cpu(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got one on ",
+              t.device());
+}
+
+void check_like(const Tensor& t, const Tensor& x, at::IntArrayRef shape, const char* op,
+                const char* name, const char* shape_desc) {
+  check_cpu(t, op, name);
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape_desc, " = ", shape,
+              ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (",
+              x.scalar_type(), "), got ", t.scalar_type());
+}
+
+// weight/bias: (H,) float32; returns a contiguous tensor or nullopt.
+std::optional<Tensor> check_affine(const std::optional<Tensor>& t, int64_t H, const char* op,
+                                   const char* name) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  check_cpu(*t, op, name);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == H, op, ": ", name, " must have shape (H,) = (", H,
+              ",), got ", t->sizes());
+  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+              t->scalar_type());
+  return t->contiguous();
+}
+
+void check_x(const Tensor& x, const char* op) {
+  check_cpu(x, op, "x");
+  TORCH_CHECK(x.dim() == 3, op, ": x must have shape (batch, S, H), got ", x.sizes());
+  dtype_of(x, op);
+}
+
+// shift/scale: both (batch, H) or both (batch, S, H); returns whether they are per token.
+bool check_mod(const Tensor& t, const Tensor& x, const char* op, const char* name,
+               std::optional<bool> per_token) {
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  const bool pt = per_token.has_value() ? *per_token : t.dim() == 3;
+  if (pt) {
+    check_like(t, x, {B, S, H}, op, name,
+               per_token.has_value() ? "(batch, S, H) (shift_per_token=true)" : "(batch, S, H)");
+  } else {
+    check_like(t, x, {B, H}, op, name,
+               per_token.has_value() ? "(batch, H) (shift_per_token=false)"
+                                     : "(batch, H) [or (batch, S, H), per token]");
+  }
+  return pt;
+}
+
+// ---- ops ----------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cpu(const Tensor& x_, const Tensor& shift_,
+                                                 const Tensor& scale_,
+                                                 const std::optional<Tensor>& weight_,
+                                                 const std::optional<Tensor>& bias_, double eps) {
+  constexpr const char* op = "adaln_fwd";
+  check_x(x_, op);
+  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
+  const bool per_token = check_mod(shift_, x_, op, "shift", std::nullopt);
+  TORCH_CHECK(scale_.sizes() == shift_.sizes(), op, ": scale must have the shape of shift (",
+              shift_.sizes(), "), got ", scale_.sizes());
+  check_mod(scale_, x_, op, "scale", per_token);
+  const auto weight = check_affine(weight_, H, op, "weight");
+  const auto bias = check_affine(bias_, H, op, "bias");
+
+  // The front door passes contiguous tensors; these are no-ops then, and keep a direct call safe.
+  const Tensor x = x_.contiguous(), shift = shift_.contiguous(), scale = scale_.contiguous();
+  Tensor out = at::empty(x.sizes(), x.options());
+  Tensor mean = at::empty({B, S}, x.options().dtype(at::kFloat));
+  Tensor rstd = at::empty({B, S}, x.options().dtype(at::kFloat));
+  if (H == 0) {  // as native_layer_norm: mean 0, rstd NaN
+    mean.zero_();
+    rstd.fill_(std::numeric_limits<float>::quiet_NaN());
+    return {out, mean, rstd};
+  }
+
+  FwdArgs a{};
+  a.blk = make_blocking(B, S, H, kFwdTargetBlocks);
+  a.dtype = dtype_of(x, op);
+  a.per_token = per_token;
+  a.eps = static_cast<float>(eps);
+  a.x = x.data_ptr();
+  a.shift = shift.data_ptr();
+  a.scale = scale.data_ptr();
+  a.weight = weight ? weight->data_ptr<float>() : nullptr;
+  a.bias = bias ? bias->data_ptr<float>() : nullptr;
+  a.out = out.data_ptr();
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+
+  const Isa isa = pick_isa(a.dtype);
+  const int64_t nblocks = B * a.blk.chunks;
+  at::parallel_for(0, nblocks, grain_blocks(a.blk), [&](int64_t b0, int64_t b1) {
+    ScratchRows scratch(fwd_scratch_floats(H));
+    run_fwd(isa, a, b0, b1, scratch.get());
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
+    const Tensor& dout_, const Tensor& x_, const Tensor& scale_,
+    const std::optional<Tensor>& weight_, const std::optional<Tensor>& bias_,
+    const Tensor& mean_, const Tensor& rstd_, bool shift_per_token) {
+  constexpr const char* op = "adaln_bwd";
+  check_x(x_, op);
+  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
+  check_like(dout_, x_, x_.sizes(), op, "dout", "(batch, S, H), as x,");
+  check_mod(scale_, x_, op, "scale", shift_per_token);
+  const auto weight = check_affine(weight_, H, op, "weight");
+  const auto bias = check_affine(bias_, H, op, "bias");
+  const auto check_stat = [&](const Tensor& t, const char* name) {
+    check_cpu(t, op, name);
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == S, op, ": ", name,
+                " must have shape (batch, S) = (", B, ", ", S, "), got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                t.scalar_type());
+  };
+  check_stat(mean_, "mean");
+  check_stat(rstd_, "rstd");
+
+  const Tensor dout = dout_.contiguous(), x = x_.contiguous(), scale = scale_.contiguous();
+  const Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  const auto f32 = x.options().dtype(at::kFloat);
+  Tensor dx = at::empty(x.sizes(), x.options());
+  Tensor dshift = at::empty(scale.sizes(), x.options());
+  Tensor dscale = at::empty(scale.sizes(), x.options());
+  Tensor dweight = weight ? at::empty({H}, f32) : at::empty({0}, f32);
+  Tensor dbias = bias ? at::empty({H}, f32) : at::empty({0}, f32);
+  if (H == 0) return {dx, dshift, dscale, dweight, dbias};
+
+  BwdArgs a{};
+  a.blk = make_blocking(B, S, H, kBwdTargetBlocks);
+  a.dtype = dtype_of(x, op);
+  a.per_token = shift_per_token;
+  a.dout = dout.data_ptr();
+  a.x = x.data_ptr();
+  a.scale = scale.data_ptr();
+  a.weight = weight ? weight->data_ptr<float>() : nullptr;
+  a.bias = bias ? bias->data_ptr<float>() : nullptr;
+  a.mean = mean.data_ptr<float>();
+  a.rstd = rstd.data_ptr<float>();
+  a.dx = dx.data_ptr();
+  a.dshift = dshift.data_ptr();
+  a.dscale = dscale.data_ptr();
+  a.dweight = weight ? dweight.data_ptr<float>() : nullptr;
+  a.dbias = bias ? dbias.data_ptr<float>() : nullptr;
+
+  const int64_t nblocks = B * a.blk.chunks;
+  a.partial_stride = bwd_partial_floats(H, shift_per_token, weight.has_value(), bias.has_value());
+  Tensor partial = at::empty({std::max<int64_t>(1, nblocks * a.partial_stride)}, f32);
+  a.partial = partial.data_ptr<float>();
+
+  const Isa isa = pick_isa(a.dtype);
+  at::parallel_for(0, nblocks, grain_blocks(a.blk), [&](int64_t b0, int64_t b1) {
+    ScratchRows scratch(bwd_scratch_floats(H));
+    run_bwd(isa, a, b0, b1, scratch.get());
+  });
+  // Broadcast form: dshift/dscale (and dweight/dbias) come from the per-block partials. Per-token
+  // form: dshift/dscale are final; only dweight/dbias, if any, need the reduction. It reads
+  // nblocks * partial_stride floats (98K at 8x256x384) and runs in kReduceCols column tasks, one
+  // parallel region more, worth it only for large partial sums.
+  if (!shift_per_token || weight || bias) {
+    const int64_t ntasks = (H + kReduceCols - 1) / kReduceCols;
+    const bool big = nblocks * a.partial_stride >= (int64_t{1} << 20);
+    const int64_t grain = big ? 1 : ntasks;  // serial below 1M partial floats
+    at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) { run_reduce(isa, a, t0, t1); });
+  }
+  return {dx, dshift, dscale, dweight, dbias};
+}
+
+}  // namespace
+}  // namespace adaln
+}  // namespace stmodels
+
+TORCH_LIBRARY_IMPL(stmodels, CPU, m) {
+  m.impl("adaln_fwd", &stmodels::adaln::adaln_fwd_cpu);
+  m.impl("adaln_bwd", &stmodels::adaln::adaln_bwd_cpu);
+}

@@ -1,0 +1,602 @@
+// AdaLN CPU kernels: LayerNorm (Ba, Kiros & Hinton 2016, "Layer Normalization") fused with the
+// adaptive shift/scale modulation of DiT (Peebles & Xie 2023, "Scalable Diffusion Models with
+// Transformers"):  out = LayerNorm(x; weight, bias) * (1 + scale) + shift.
+//
+// This header is the one templated kernel. It is included by three translation units, each
+// compiled with its own -m flags and each defining ADALN_ISA, the namespace that keeps its symbols
+// apart (base: no -march; avx2: -mavx2 -mfma; avx512: -mavx512{f,bw,vl,dq} -mfma). The vector
+// width follows the flags. Everything here lives in that namespace (entry points) or in an
+// anonymous namespace inside it, and calls nothing but compiler builtins, GCC vector extensions
+// and (FMA, float16 conversion) intrinsics, which are always inlined: an out-of-line copy of a
+// shared inline function (std::min, c10::Half conversion, ...) compiled with AVX-512 could
+// otherwise be picked by the linker for every caller (an ODR trap).
+//
+// Layout: each row (one token, H features) is processed whole by one thread; it sits in L1
+// (H = 384 floats is 1.5 KB), so the forward reads x from memory once and makes its two-pass
+// statistics (mean, then the centred sum of squares: stable for any offset, unlike
+// E[x^2] - E[x]^2) from cache. Half types are widened to a float row buffer on the first pass.
+// All arithmetic is float32. No value-dependent branches: NaN/Inf propagate as in the math.
+//
+// Per-element results depend only on the element's position in its row (the vector/scalar split
+// is fixed by H), and every reduction runs in a fixed order, so results do not depend on how
+// at::parallel_for splits the blocks among threads.
+
+#ifndef ADALN_ISA
+#error "define ADALN_ISA (the namespace of this instantiation) before including adaln_kernel.h"
+#endif
+
+#include <stdint.h>
+
+#include <type_traits>  // compile-time only: no functions are instantiated from it
+
+#include "adaln_params.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+// GCC 12 flags the deliberately undefined pass-through operand inside the AVX-512 conversion
+// intrinsics (`__m512 __Y = __Y;`) as maybe-uninitialized once they are inlined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// No implicit a * b + c -> fma contraction (GCC contracts by default in C++, even with -std=c++20):
+// the backward recomputes g = dout * (1 + scale) * weight in its second pass and must get the
+// very values whose mean it took in the first (H = 1 then gives dx = 0 exactly); and the rounding
+// should not depend on which expressions the optimiser happens to fuse. The fused multiply-adds
+// that are wanted are written explicitly (fmadd).
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+namespace stmodels {
+namespace adaln {
+namespace ADALN_ISA {
+namespace {  // internal linkage on top of the ISA namespace
+
+#define ADALN_INLINE inline __attribute__((always_inline))
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#elif defined(__AVX2__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;  // SSE2 on x86-64, NEON on aarch64
+#endif
+
+// Vectors of W lanes; memory is only touched through __builtin_memcpy (unaligned loads/stores).
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef uint32_t vu __attribute__((vector_size(W * 4)));
+typedef uint16_t vh __attribute__((vector_size(W * 2)));
+
+struct VTag { using V = vf; using U = vu; using H16 = vh; };
+struct STag { using V = float; using U = uint32_t; using H16 = uint16_t; };
+
+ADALN_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <class To, class From>
+ADALN_INLINE To bitcast(const From& f) {
+  static_assert(sizeof(To) == sizeof(From), "bitcast size");
+  To t;
+  __builtin_memcpy(&t, &f, sizeof(To));
+  return t;
+}
+
+// ---- loads and stores of V (vf or float) from float / uint16 memory -------------------------
+template <class V, class E>
+ADALN_INLINE V ldraw(const E* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V, class E>
+ADALN_INLINE void straw(E* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+template <class V>
+ADALN_INLINE V ldf(const float* p) { return ldraw<V>(p); }
+template <class V>
+ADALN_INLINE void stf(float* p, V v) { straw(p, v); }
+
+ADALN_INLINE vu widen(vh h) { return __builtin_convertvector(h, vu); }
+ADALN_INLINE uint32_t widen(uint16_t h) { return h; }
+ADALN_INLINE vh narrow(vu u) { return __builtin_convertvector(u, vh); }
+ADALN_INLINE uint16_t narrow(uint32_t u) { return static_cast<uint16_t>(u); }
+
+ADALN_INLINE vf fmadd(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+ADALN_INLINE float fmadd(float a, float b, float c) {
+#if defined(__FMA__)
+  return __builtin_fmaf(a, b, c);  // a single vfmadd: same rounding as the vector lanes
+#else
+  return a * b + c;
+#endif
+}
+
+// Pairwise horizontal sum (error grows with log2(W), not W).
+ADALN_INLINE float hsum(vf v) {
+  for (int w = W / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) v[i] += v[i + w];
+  return v[0];
+}
+
+// Element types. Conversions are the branch-free bit manipulations of c10 (round to nearest even,
+// same results as torch's casts), written once for scalars and vectors.
+struct F32 {
+  using T = float;
+  template <class Tag>
+  static ADALN_INLINE typename Tag::V load(const float* p) { return ldf<typename Tag::V>(p); }
+  template <class Tag>
+  static ADALN_INLINE void store(float* p, typename Tag::V v) { stf(p, v); }
+};
+
+struct BF16 {
+  using T = uint16_t;
+  template <class Tag>
+  static ADALN_INLINE typename Tag::V load(const uint16_t* p) {
+    using U = typename Tag::U;
+    return bitcast<typename Tag::V>(U(widen(ldraw<typename Tag::H16>(p)) << 16));
+  }
+  template <class Tag>
+  static ADALN_INLINE void store(uint16_t* p, typename Tag::V v) {
+    using U = typename Tag::U;
+    const U u = bitcast<U>(v);
+    const U rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+    const U nan = U{} + 0x7FC0u;
+    straw(p, narrow((v != v) ? nan : rounded));
+  }
+};
+
+// Hardware float16 conversion where the flavour has it: AVX-512F has the 16-lane vcvtph2ps /
+// vcvtps2ph; the AVX2 flavour adds F16C (adaln_kernel_avx2.cpp). They round to nearest even like
+// the bit manipulation below, at a fraction of the instructions (fp16 was ~3x slower than fp32
+// without them).
+#if defined(__AVX512F__)
+ADALN_INLINE vf f16_load_native(const uint16_t* p) {
+  return (vf)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+ADALN_INLINE void f16_store_native(uint16_t* p, vf v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+constexpr bool kNativeF16 = true;
+#elif defined(ADALN_F16C) && defined(__AVX2__)
+ADALN_INLINE vf f16_load_native(const uint16_t* p) {
+  return (vf)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+ADALN_INLINE void f16_store_native(uint16_t* p, vf v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+constexpr bool kNativeF16 = true;
+#else
+ADALN_INLINE vf f16_load_native(const uint16_t*) { return vf{}; }  // never called
+ADALN_INLINE void f16_store_native(uint16_t*, vf) {}
+constexpr bool kNativeF16 = false;
+#endif
+
+struct F16 {
+  using T = uint16_t;
+  template <class Tag>
+  static ADALN_INLINE typename Tag::V load(const uint16_t* p) {
+    using U = typename Tag::U;
+    using V = typename Tag::V;
+    if constexpr (kNativeF16 && std::is_same<Tag, VTag>::value) {
+      return f16_load_native(p);
+    } else {
+      const U w = U(widen(ldraw<typename Tag::H16>(p)) << 16);
+      const U sign = w & 0x80000000u;
+      const U two_w = w + w;
+      const V normalized = bitcast<V>(U((two_w >> 4) + (0xE0u << 23))) * 0x1.0p-112f;
+      const V denormalized = bitcast<V>(U((two_w >> 17) | (126u << 23))) - 0.5f;
+      const U mag = (two_w < (1u << 27)) ? bitcast<U>(denormalized) : bitcast<U>(normalized);
+      return bitcast<V>(U(sign | mag));
+    }
+  }
+  template <class Tag>
+  static ADALN_INLINE void store(uint16_t* p, typename Tag::V f) {
+    using U = typename Tag::U;
+    using V = typename Tag::V;
+    if constexpr (kNativeF16 && std::is_same<Tag, VTag>::value) {
+      f16_store_native(p, f);
+    } else {
+      const U w = bitcast<U>(f);
+      const V absf = bitcast<V>(U(w & 0x7FFFFFFFu));
+      V base = (absf * 0x1.0p+112f) * 0x1.0p-110f;  // c10's scale_to_inf, scale_to_zero
+      const U shl1_w = w + w;
+      const U sign = w & 0x80000000u;
+      U bias = shl1_w & 0xFF000000u;
+      bias = (bias < 0x71000000u) ? (U{} + 0x71000000u) : bias;
+      base = bitcast<V>(U((bias >> 1) + 0x07800000u)) + base;
+      const U bits = bitcast<U>(base);
+      const U nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+      const U res = (sign >> 16) | ((shl1_w > 0xFF000000u) ? (U{} + 0x7E00u) : nonsign);
+      straw(p, narrow(res));
+    }
+  }
+};
+
+// ---- loop drivers: the body is written once, for a vector (VTag) or a scalar tail (STag) -----
+template <class F>
+ADALN_INLINE void for_each(int64_t n, F&& f) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) f(VTag{}, i);
+  for (; i < n; ++i) f(STag{}, i);
+}
+
+// Sum of f over [0, n) with four independent vector accumulators: a plain add chain would be
+// bound by the 4-cycle add latency rather than by the loads.
+template <class F>
+ADALN_INLINE float reduce_sum(int64_t n, F&& f) {
+  vf a0{}, a1{}, a2{}, a3{};
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    a0 += f(VTag{}, i);
+    a1 += f(VTag{}, i + W);
+    a2 += f(VTag{}, i + 2 * W);
+    a3 += f(VTag{}, i + 3 * W);
+  }
+  for (; i + W <= n; i += W) a0 += f(VTag{}, i);
+  float s = hsum((a0 + a1) + (a2 + a3));
+  for (; i < n; ++i) s += f(STag{}, i);
+  return s;
+}
+
+// Two sums; f(tag, i, acc1, acc2) accumulates into them. Unrolled twice, so four independent
+// accumulator chains.
+template <class F>
+ADALN_INLINE void reduce2(int64_t n, F&& f, float& r1, float& r2) {
+  vf a0{}, b0{}, a1{}, b1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    f(VTag{}, i, a0, b0);
+    f(VTag{}, i + W, a1, b1);
+  }
+  for (; i + W <= n; i += W) f(VTag{}, i, a0, b0);
+  float sa = 0.f, sb = 0.f;
+  for (; i < n; ++i) f(STag{}, i, sa, sb);
+  r1 = hsum(a0 + a1) + sa;
+  r2 = hsum(b0 + b1) + sb;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, one block of rows of one sample.
+template <class D>
+void fwd_block(const FwdArgs& a, int64_t k, float* scratch) {
+  using T = typename D::T;
+  constexpr bool kF32 = std::is_same<T, float>::value;
+  const int64_t S = a.blk.S, H = a.blk.H;
+  const int64_t b = k / a.blk.chunks, s0 = (k % a.blk.chunks) * a.blk.rows_per_chunk;
+  const int64_t s1 = min64(S, s0 + a.blk.rows_per_chunk);
+  const T* X = static_cast<const T*>(a.x);
+  const T* SH = static_cast<const T*>(a.shift);
+  const T* SC = static_cast<const T*>(a.scale);
+  T* OUT = static_cast<T*>(a.out);
+  const float* wt = a.weight;
+  const float* bs = a.bias;
+  const int64_t Hp = (H + 15) / 16 * 16;  // scratch rows start on cache lines (adaln_params.h)
+  float* xf = scratch;          // the row widened to float (half types)
+  float* A = scratch + Hp;      // broadcast form: weight * (1 + scale)
+  float* C = scratch + 2 * Hp;  // broadcast form: bias * (1 + scale) + shift
+  const float inv_h = 1.0f / static_cast<float>(H);
+
+  if (!a.per_token) {
+    // Fold the affine and the modulation into one multiply-add per element for the whole sample:
+    // out = xhat * A + C.
+    const T* sh = SH + b * H;
+    const T* sc = SC + b * H;
+    for_each(H, [&](auto tag, int64_t h) {
+      using Tag = decltype(tag);
+      using V = typename Tag::V;
+      const V one_sc = D::template load<Tag>(sc + h) + 1.0f;
+      V av = one_sc;
+      V cv = D::template load<Tag>(sh + h);
+      if (wt) av = av * ldf<V>(wt + h);
+      if (bs) cv = fmadd(ldf<V>(bs + h), one_sc, cv);
+      stf(A + h, av);
+      stf(C + h, cv);
+    });
+  }
+
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t row = b * S + s;
+    const T* xr = X + row * H;
+    const float sum = reduce_sum(H, [&](auto tag, int64_t h) {
+      using Tag = decltype(tag);
+      const auto v = D::template load<Tag>(xr + h);
+      if constexpr (!kF32) stf(xf + h, v);
+      return v;
+    });
+    const float* xs;
+    if constexpr (kF32) {
+      xs = xr;
+    } else {
+      xs = xf;
+    }
+    // Corrected two-pass (Chan, Golub & LeVeque 1983): the second pass also sums the residuals
+    // d = x - mean0, which both refines the mean to about an ulp (the first sum loses a few ulps
+    // when |mean| >> std) and removes its error from the variance.
+    const float mean0 = sum * inv_h;
+    float sd, sdd;
+    reduce2(
+        H,
+        [&](auto tag, int64_t h, auto& acc_d, auto& acc_dd) {
+          using V = typename decltype(tag)::V;
+          const V d = ldf<V>(xs + h) - mean0;
+          // Start loading the next row while this one is in flight (about 5% on the forward at
+          // 8x256x384; the same in the backward measured slower).
+          if (std::is_same<V, vf>::value) __builtin_prefetch(xr + H + h);
+          acc_d += d;
+          acc_dd = fmadd(d, d, acc_dd);
+        },
+        sd, sdd);
+    const float mean = mean0 + sd * inv_h;
+    const float var = (sdd - sd * (sd * inv_h)) * inv_h;
+    const float rstd = 1.0f / __builtin_sqrtf(var + a.eps);
+    a.mean[row] = mean;
+    a.rstd[row] = rstd;
+
+    T* o = OUT + row * H;
+    if (!a.per_token) {
+      for_each(H, [&](auto tag, int64_t h) {
+        using Tag = decltype(tag);
+        using V = typename Tag::V;
+        const V xh = (ldf<V>(xs + h) - mean) * rstd;
+        D::template store<Tag>(o + h, fmadd(xh, ldf<V>(A + h), ldf<V>(C + h)));
+      });
+    } else {
+      const T* sh = SH + row * H;
+      const T* sc = SC + row * H;
+      for_each(H, [&](auto tag, int64_t h) {
+        using Tag = decltype(tag);
+        using V = typename Tag::V;
+        V y = (ldf<V>(xs + h) - mean) * rstd;
+        if (wt) y = y * ldf<V>(wt + h);
+        if (bs) y = y + ldf<V>(bs + h);
+        const V one_sc = D::template load<Tag>(sc + h) + 1.0f;
+        D::template store<Tag>(o + h, fmadd(y, one_sc, D::template load<Tag>(sh + h)));
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, one block of rows of one sample. With a = dout * (1 + scale) (the gradient reaching
+// the normalised y) and g = a * weight (reaching xhat):
+//   dx = rstd * (g - mean_H(g) - xhat * mean_H(g * xhat)).
+// Broadcast form: the block keeps only sum_s dout (D) and sum_s dout * xhat (P); as 1 + scale is
+// constant over s, bwd_reduce derives everything else from them:
+//   dshift = D, dscale = weight * P + bias * D, dweight = sum_b (1+scale_b) P_b,
+//   dbias = sum_b (1+scale_b) D_b.
+// Per-token form: dshift = dout and dscale = dout * y are written here; the block keeps the
+// dweight (a * xhat) and dbias (a) partials.
+template <class D>
+void bwd_block(const BwdArgs& a, int64_t k, float* scratch) {
+  using T = typename D::T;
+  const int64_t S = a.blk.S, H = a.blk.H;
+  const int64_t b = k / a.blk.chunks, s0 = (k % a.blk.chunks) * a.blk.rows_per_chunk;
+  const int64_t s1 = min64(S, s0 + a.blk.rows_per_chunk);
+  const T* X = static_cast<const T*>(a.x);
+  const T* DO = static_cast<const T*>(a.dout);
+  const T* SC = static_cast<const T*>(a.scale);
+  T* DX = static_cast<T*>(a.dx);
+  const float* wt = a.weight;
+  const float* bs = a.bias;
+  // Pass 2 needs xhat and g again. For float32 they are recomputed from the row, still in L1:
+  // stores, not loads, bound that loop (Zen 4 retires one 256-bit store per cycle), ~5% faster.
+  // Half types keep them in scratch rows instead: recomputing would repeat the conversions,
+  // which bound those loops (~25% slower for bfloat16).
+  constexpr bool kKeep = !std::is_same<T, float>::value;
+  const int64_t Hp = (H + 15) / 16 * 16;  // scratch rows start on cache lines (adaln_params.h)
+  float* WS1 = scratch;        // broadcast form: weight * (1 + scale)
+  float* XH = scratch + Hp;    // kKeep: xhat of the current row
+  float* G = scratch + 2 * Hp;  // kKeep: g of the current row
+  float* part = a.partial + k * a.partial_stride;
+  const float inv_h = 1.0f / static_cast<float>(H);
+
+  for (int64_t i = 0; i < a.partial_stride; ++i) part[i] = 0.f;
+  float* Dp = part;      // broadcast: sum dout
+  float* Pp = part + H;  // broadcast: sum dout * xhat
+  float* Wp = wt ? part : nullptr;               // per token: sum a * xhat
+  float* Bp = bs ? part + (wt ? H : 0) : nullptr;  // per token: sum a
+
+  if (!a.per_token) {
+    const T* sc = SC + b * H;
+    for_each(H, [&](auto tag, int64_t h) {
+      using Tag = decltype(tag);
+      using V = typename Tag::V;
+      V v = D::template load<Tag>(sc + h) + 1.0f;
+      if (wt) v = v * ldf<V>(wt + h);
+      stf(WS1 + h, v);
+    });
+  }
+
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t row = b * S + s;
+    const float mean = a.mean[row], rstd = a.rstd[row];
+    const T* xr = X + row * H;
+    const T* dr = DO + row * H;
+    float sg, sgx;
+    if (!a.per_token) {
+      reduce2(
+          H,
+          [&](auto tag, int64_t h, auto& acc_g, auto& acc_gx) {
+            using Tag = decltype(tag);
+            using V = typename Tag::V;
+            const V xh = (D::template load<Tag>(xr + h) - mean) * rstd;
+            const V dy = D::template load<Tag>(dr + h);
+            const V g = dy * ldf<V>(WS1 + h);
+            if constexpr (kKeep) {
+              stf(XH + h, xh);
+              stf(G + h, g);
+            }
+            stf(Dp + h, ldf<V>(Dp + h) + dy);
+            stf(Pp + h, fmadd(dy, xh, ldf<V>(Pp + h)));
+            acc_g += g;
+            acc_gx = fmadd(g, xh, acc_gx);
+          },
+          sg, sgx);
+    } else {
+      const T* sc = SC + row * H;
+      T* dsh = static_cast<T*>(a.dshift) + row * H;
+      T* dsc = static_cast<T*>(a.dscale) + row * H;
+      reduce2(
+          H,
+          [&](auto tag, int64_t h, auto& acc_g, auto& acc_gx) {
+            using Tag = decltype(tag);
+            using V = typename Tag::V;
+            const V xh = (D::template load<Tag>(xr + h) - mean) * rstd;
+            const V dy = D::template load<Tag>(dr + h);
+            const V av = dy * (D::template load<Tag>(sc + h) + 1.0f);
+            V g = av, y = xh;
+            if (wt) {
+              const V w = ldf<V>(wt + h);
+              g = av * w;
+              y = xh * w;
+              stf(Wp + h, fmadd(av, xh, ldf<V>(Wp + h)));
+            }
+            if (bs) {
+              y = y + ldf<V>(bs + h);
+              stf(Bp + h, ldf<V>(Bp + h) + av);
+            }
+            if constexpr (kKeep) {
+              stf(XH + h, xh);
+              stf(G + h, g);
+            }
+            D::template store<Tag>(dsh + h, dy);
+            D::template store<Tag>(dsc + h, dy * y);
+            acc_g += g;
+            acc_gx = fmadd(g, xh, acc_gx);
+          },
+          sg, sgx);
+    }
+    // dx = rstd * ((g - mean(g)) - xhat * mean(g * xhat)), in this order: g - mean(g) is exact
+    // where they agree (e.g. H = 1 gives dx = 0, not a rounding residue times rstd).
+    const float mg = sg * inv_h, mgx = sgx * inv_h;
+    const T* sc = SC + (a.per_token ? row : b) * H;
+    T* dxr = DX + row * H;
+    for_each(H, [&](auto tag, int64_t h) {
+      using Tag = decltype(tag);
+      using V = typename Tag::V;
+      V xh, g;
+      if constexpr (kKeep) {
+        xh = ldf<V>(XH + h);
+        g = ldf<V>(G + h);
+      } else {  // the same expressions as in pass 1, so the same values (no fp contraction)
+        xh = (D::template load<Tag>(xr + h) - mean) * rstd;
+        const V dy = D::template load<Tag>(dr + h);
+        if (!a.per_token) {
+          g = dy * ldf<V>(WS1 + h);
+        } else {
+          g = dy * (D::template load<Tag>(sc + h) + 1.0f);
+          if (wt) g = g * ldf<V>(wt + h);
+        }
+      }
+      const V t = fmadd(-xh, V{} + mgx, g - mg);
+      D::template store<Tag>(dxr + h, t * rstd);
+    });
+  }
+}
+
+// Final reduction of the block partials over columns [h0, h1), blocks in index order.
+template <class D>
+void bwd_reduce_cols(const BwdArgs& a, int64_t h0, int64_t h1) {
+  using T = typename D::T;
+  const int64_t H = a.blk.H, chunks = a.blk.chunks, nb = a.blk.batch;
+  const int64_t stride = a.partial_stride;
+  const float* wt = a.weight;
+  const float* bs = a.bias;
+  const float* part = a.partial;
+  if (!a.per_token) {
+    const T* SC = static_cast<const T*>(a.scale);
+    T* DSH = static_cast<T*>(a.dshift);
+    T* DSC = static_cast<T*>(a.dscale);
+    for_each(h1 - h0, [&](auto tag, int64_t i) {
+      using Tag = decltype(tag);
+      using V = typename Tag::V;
+      const int64_t h = h0 + i;
+      V dw{}, db{};
+      for (int64_t b = 0; b < nb; ++b) {
+        V dsum{}, psum{};
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float* p = part + (b * chunks + c) * stride;
+          dsum += ldf<V>(p + h);
+          psum += ldf<V>(p + H + h);
+        }
+        D::template store<Tag>(DSH + b * H + h, dsum);
+        V ds = wt ? psum * ldf<V>(wt + h) : psum;
+        if (bs) ds = fmadd(ldf<V>(bs + h), dsum, ds);
+        D::template store<Tag>(DSC + b * H + h, ds);
+        const V one_sc = D::template load<Tag>(SC + b * H + h) + 1.0f;
+        dw = fmadd(one_sc, psum, dw);
+        db = fmadd(one_sc, dsum, db);
+      }
+      if (wt) stf(a.dweight + h, dw);
+      if (bs) stf(a.dbias + h, db);
+    });
+  } else {
+    const int64_t nblocks = nb * chunks;
+    const int64_t boff = wt ? H : 0;
+    for_each(h1 - h0, [&](auto tag, int64_t i) {
+      using V = typename decltype(tag)::V;
+      const int64_t h = h0 + i;
+      V dw{}, db{};
+      for (int64_t k = 0; k < nblocks; ++k) {
+        const float* p = part + k * stride;
+        if (wt) dw += ldf<V>(p + h);
+        if (bs) db += ldf<V>(p + boff + h);
+      }
+      if (wt) stf(a.dweight + h, dw);
+      if (bs) stf(a.dbias + h, db);
+    });
+  }
+}
+
+}  // namespace
+
+// ---- entry points (declared in adaln_params.h) ----------------------------------------------
+void fwd_blocks(const FwdArgs& a, int64_t begin, int64_t end, float* scratch) {
+  for (int64_t k = begin; k < end; ++k) {
+    switch (a.dtype) {
+      case kFloat32: fwd_block<F32>(a, k, scratch); break;
+      case kFloat16: fwd_block<F16>(a, k, scratch); break;
+      case kBFloat16: fwd_block<BF16>(a, k, scratch); break;
+    }
+  }
+}
+
+void bwd_blocks(const BwdArgs& a, int64_t begin, int64_t end, float* scratch) {
+  for (int64_t k = begin; k < end; ++k) {
+    switch (a.dtype) {
+      case kFloat32: bwd_block<F32>(a, k, scratch); break;
+      case kFloat16: bwd_block<F16>(a, k, scratch); break;
+      case kBFloat16: bwd_block<BF16>(a, k, scratch); break;
+    }
+  }
+}
+
+void bwd_reduce(const BwdArgs& a, int64_t task_begin, int64_t task_end) {
+  for (int64_t t = task_begin; t < task_end; ++t) {
+    const int64_t h0 = t * kReduceCols, h1 = min64(a.blk.H, h0 + kReduceCols);
+    switch (a.dtype) {
+      case kFloat32: bwd_reduce_cols<F32>(a, h0, h1); break;
+      case kFloat16: bwd_reduce_cols<F16>(a, h0, h1); break;
+      case kBFloat16: bwd_reduce_cols<BF16>(a, h0, h1); break;
+    }
+  }
+}
+
+#undef ADALN_INLINE
+
+}  // namespace ADALN_ISA
+}  // namespace adaln
+}  // namespace stmodels
+
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
