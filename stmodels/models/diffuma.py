@@ -1,0 +1,221 @@
+"""DIFFUMA: a bidirectional Mamba path for temporal dynamics plus a diffusion path for spatial detail.
+
+Xie et al., "DIFFUMA: High-Fidelity Spatio-Temporal Video Prediction via Dual-Path Mamba and
+Diffusion Enhancement", arXiv 2507.06738, 2025. The paper does not publish its sizes, noise
+schedule or loss weight; every such value here is a documented, configurable default, not a claim
+about the paper::
+
+    Y_mamba, context = mamba_encoder(X)
+    dX               = head.single_pass(Y_mamba, context)        # one denoiser evaluation
+    Y_hat            = Y_mamba + dX
+    loss             = mse(Y_hat, Y) + lambda_diff * L_diff(Y, context)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmodels.models.registry import ModelConfig, PretrainedMixin, register_model
+from stmodels.nn.diffusion import ResidualDiffusionHead
+from stmodels.nn.dit import DiTDenoiser
+from stmodels.nn.encoder import MambaEncoder
+
+__all__ = ["DIFFUMAConfig", "DIFFUMA"]
+
+_CHOICES = {
+    "diffusion": ("on", "off"),
+    "context": ("learned", "random"),
+    "sampler": ("single", "ddim"),
+    "ddim_init": ("mamba", "noise"),
+}
+
+
+@dataclasses.dataclass
+class DIFFUMAConfig(ModelConfig):
+    """Every size and switch of :class:`DIFFUMA` (JSON-serialisable; see ``create_model``).
+
+    Shapes: ``in_shape = (T_in, C, H, W)``, ``out_frames = T_out``; H and W divisible by
+    ``2**num_downsamples`` and by ``patch_size``.
+    Ablations: ``diffusion="off"`` is the Mamba-only model; ``context="random"`` conditions the
+    denoiser on Gaussian noise of the context's shape instead of the temporal features.
+    Inference: ``sampler="single"`` (one denoiser evaluation) or ``"ddim"`` (``ddim_steps`` steps,
+    refining ``Y_mamba`` noised to ``ddim_start_step``, or from pure noise with ``ddim_init="noise"``).
+    """
+
+    in_shape: tuple[int, int, int, int] = (10, 1, 64, 64)
+    out_frames: int = 10
+    # temporal path
+    hidden_channels: int = 32
+    num_downsamples: int = 2
+    mamba_depth: int = 2
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    scan: str = "spacetime"
+    direction: str = "bidirectional"
+    share_directions: bool = False
+    # spatial path
+    patch_size: int = 4
+    dit_hidden: int = 96
+    dit_depth: int = 4
+    dit_heads: int = 4
+    mlp_ratio: float = 4.0
+    attention: str = "spatial"
+    conditioning: str = "token"
+    # diffusion
+    diffusion: str = "on"
+    context: str = "learned"
+    diffusion_steps: int = 1000
+    schedule: str = "linear"
+    prediction: str = "epsilon"
+    t_star: int = 20
+    lambda_diff: float = 1.0
+    sampler: str = "single"
+    ddim_steps: int = 50
+    ddim_init: str = "mamba"
+    ddim_start_step: int = 200
+    # kernels
+    backend: str | None = None
+
+    def __post_init__(self):
+        for field, choices in _CHOICES.items():
+            if getattr(self, field) not in choices:
+                raise ValueError(f"DIFFUMAConfig: `{field}` must be one of {choices}, got {getattr(self, field)!r}")
+        if len(tuple(self.in_shape)) != 4:
+            raise ValueError(f"DIFFUMAConfig: `in_shape` must be (T_in, C, H, W), got {self.in_shape}")
+        self.in_shape = tuple(int(v) for v in self.in_shape)
+        if self.lambda_diff < 0:
+            raise ValueError(f"DIFFUMAConfig: `lambda_diff` must be >= 0, got {self.lambda_diff}")
+
+
+class DIFFUMA(PretrainedMixin, nn.Module):
+    """The dual-path predictor. ``model(X)`` -> ``Y_hat``; ``model.compute_loss(X, Y)`` -> losses.
+
+    Args:
+        config: a :class:`DIFFUMAConfig` (see ``create_model`` for the named presets).
+        device, dtype: factory arguments of the parameters.
+
+    Shapes:
+        X: (batch, T_in, C, H, W) frames in [0, 1]; Y and Y_hat: (batch, T_out, C, H, W).
+    """
+
+    def __init__(self, config: DIFFUMAConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        T_in, channels, height, width = config.in_shape
+        factory = dict(device=device, dtype=dtype)
+        self.mamba_encoder = MambaEncoder(
+            in_shape=config.in_shape, out_frames=config.out_frames, hidden_channels=config.hidden_channels,
+            num_downsamples=config.num_downsamples, depth=config.mamba_depth, d_state=config.d_state,
+            d_conv=config.d_conv, expand=config.expand, scan=config.scan, direction=config.direction,
+            share_directions=config.share_directions, backend=config.backend, **factory,
+        )
+        self.head: ResidualDiffusionHead | None = None
+        if config.diffusion == "on":
+            scale = 2 ** config.num_downsamples
+            denoiser = DiTDenoiser(
+                frame_shape=(channels, height, width), frames=config.out_frames,
+                context_channels=config.hidden_channels, context_size=(height // scale, width // scale),
+                patch_size=config.patch_size, hidden=config.dit_hidden, depth=config.dit_depth,
+                heads=config.dit_heads, mlp_ratio=config.mlp_ratio, attention=config.attention,
+                conditioning=config.conditioning, backend=config.backend, **factory,
+            )
+            self.head = ResidualDiffusionHead(
+                denoiser, num_steps=config.diffusion_steps, schedule=config.schedule,
+                prediction=config.prediction, t_star=config.t_star,
+            )
+
+    def _check_input(self, X: torch.Tensor, name: str, frames: int) -> None:
+        expected = (frames,) + tuple(self.config.in_shape[1:])
+        if X.dim() != 5 or tuple(X.shape[1:]) != expected:
+            raise ValueError(
+                f"DIFFUMA: `{name}` must have shape (batch, {', '.join(map(str, expected))}) "
+                f"(batch, T, C, H, W), got {tuple(X.shape)}"
+            )
+
+    def _conditioning(self, context: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(context) if self.config.context == "random" else context
+
+    def forward(self, X: torch.Tensor, sampler: str | None = None, ddim_steps: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Predict ``T_out`` future frames.
+
+        Args:
+            X: (batch, T_in, C, H, W) observed frames.
+            sampler: ``"single"`` or ``"ddim"``; default: the config's.
+            ddim_steps: DDIM steps; default: the config's.
+            generator: random source of DDIM's noise (a seed makes it deterministic).
+
+        Returns:
+            Y_hat: (batch, T_out, C, H, W).
+        """
+        self._check_input(X, "X", self.config.in_shape[0])
+        y_mamba, context = self.mamba_encoder(X)
+        if self.head is None:
+            return y_mamba
+        context = self._conditioning(context)
+        sampler = sampler or self.config.sampler
+        if sampler == "single":
+            return y_mamba + self.head.single_pass(y_mamba, context)
+        if sampler != "ddim":
+            raise ValueError(f"DIFFUMA: `sampler` must be 'single' or 'ddim', got {sampler!r}")
+        steps = ddim_steps or self.config.ddim_steps
+        if self.config.ddim_init == "mamba":
+            start = self.config.ddim_start_step
+            return self.head.ddim_sample(context, steps=min(steps, start + 1), init=y_mamba, start_step=start,
+                                         generator=generator)
+        return self.head.ddim_sample(context, shape=y_mamba.shape, steps=steps, generator=generator)
+
+    def compute_loss(self, X: torch.Tensor, Y: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Training losses: ``loss = recon + lambda_diff * diff``.
+
+        Args:
+            X: (batch, T_in, C, H, W) observed frames.
+            Y: (batch, T_out, C, H, W) ground-truth future frames.
+            generator: random source of the diffusion loss's steps and noise.
+
+        Returns:
+            dict with scalar tensors ``loss``, ``recon`` (mse of the single-pass prediction),
+            ``diff`` (the diffusion loss, 0 with ``diffusion="off"``) and ``prediction``, the
+            detached single-pass prediction (batch, T_out, C, H, W).
+        """
+        self._check_input(X, "X", self.config.in_shape[0])
+        self._check_input(Y, "Y", self.config.out_frames)
+        y_mamba, context = self.mamba_encoder(X)
+        if self.head is None:
+            recon = F.mse_loss(y_mamba, Y)
+            return {"loss": recon, "recon": recon.detach(), "diff": recon.new_zeros(()), "prediction": y_mamba.detach()}
+        context = self._conditioning(context)
+        prediction = y_mamba + self.head.single_pass(y_mamba, context)
+        recon = F.mse_loss(prediction, Y)
+        diff = self.head.diffusion_loss(Y, context, generator=generator)
+        loss = recon + self.config.lambda_diff * diff
+        return {"loss": loss, "recon": recon.detach(), "diff": diff.detach(), "prediction": prediction.detach()}
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"in_shape={c.in_shape}, out_frames={c.out_frames}, diffusion={c.diffusion!r}, "
+                f"context={c.context!r}, sampler={c.sampler!r}, backend={c.backend!r}")
+
+
+_PRESETS = {
+    # Tests: a training step on CPU in well under a second.
+    "diffuma_tiny": DIFFUMAConfig(
+        in_shape=(4, 1, 16, 16), out_frames=4, hidden_channels=16, num_downsamples=1, mamba_depth=1,
+        d_state=4, patch_size=4, dit_hidden=32, dit_depth=1, dit_heads=2, mlp_ratio=2.0,
+        diffusion_steps=100, t_star=5, ddim_start_step=40,
+    ),
+    # The CPU demo on 64x64 frames.
+    "diffuma_small": DIFFUMAConfig(),
+    # GPU: a DiT of depth 12 and hidden 384.
+    "diffuma_base": DIFFUMAConfig(
+        hidden_channels=64, mamba_depth=4, patch_size=2, dit_hidden=384, dit_depth=12, dit_heads=6,
+    ),
+}
+
+for _name, _config in _PRESETS.items():
+    register_model(_name, _config, DIFFUMA, description=f"DIFFUMA preset {_name}")

@@ -1,0 +1,164 @@
+"""Model registry, configs and weights on disk.
+
+``create_model(name, **overrides)`` builds a registered model from its preset config with fields
+replaced; ``in_shape=(T_in, C, H, W)`` and ``out_frames=T_out`` follow OpenSTL's convention.
+``model.save_pretrained(dir)`` writes ``config.json`` (the registered name and the config) and
+``model.safetensors``; ``from_pretrained(dir)`` rebuilds the model and loads the weights exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ModelConfig",
+    "PretrainedMixin",
+    "register_model",
+    "create_model",
+    "from_pretrained",
+    "list_models",
+    "model_config",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Base of every model config: a JSON-serialisable dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown config fields {unknown}; known: {sorted(known)}")
+        converted = {}
+        for name, value in values.items():
+            # JSON has no tuples: restore the tuple-typed shape fields.
+            if isinstance(value, list) and "tuple" in str(known[name].type):
+                value = tuple(value)
+            converted[name] = value
+        return cls(**converted)
+
+    def replace(self, **overrides):
+        return self.from_dict({**self.to_dict(), **overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    builder: Callable[[ModelConfig], nn.Module]
+    config: ModelConfig
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(name: str, config: ModelConfig, builder: Callable[[ModelConfig], nn.Module], description: str = ""):
+    """Register a named preset: ``builder(config)`` builds the model."""
+    if name in _REGISTRY:
+        raise ValueError(f"register_model: {name!r} is already registered")
+    _REGISTRY[name] = _Entry(builder, config, description)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """The preset config of ``name`` with ``overrides`` applied."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return _REGISTRY[name].config.replace(**overrides)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build the registered model ``name``; keyword overrides replace fields of its preset config.
+
+    Example:
+        >>> model = create_model("diffuma_tiny", in_shape=(4, 1, 32, 48), out_frames=6)
+    """
+    config = model_config(name, **overrides)
+    model = _REGISTRY[name].builder(config)
+    model.registered_name = name
+    return model
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a torn file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+class PretrainedMixin:
+    """``save_pretrained(dir)`` for registered models (they keep ``self.config`` and ``registered_name``)."""
+
+    config: ModelConfig
+    registered_name: str | None = None
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        if not self.registered_name:
+            raise ValueError("save_pretrained: the model was not built by create_model, so it has no registered name")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"model": self.registered_name, "config": self.config.to_dict()}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
+        _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        return directory
+
+
+def from_pretrained(directory: str | os.PathLike, device: str | torch.device | None = None, **overrides) -> nn.Module:
+    """Rebuild a model saved by ``save_pretrained`` and load its weights (strictly).
+
+    Args:
+        directory: the folder with ``config.json`` and ``model.safetensors``.
+        device: where to put the weights (default: CPU).
+        overrides: config fields to replace that do not change parameter shapes (e.g. ``backend``).
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    weights_path = directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.exists():
+            raise FileNotFoundError(f"from_pretrained: {path} does not exist (expected files of save_pretrained)")
+    meta = json.loads(config_path.read_text())
+    if "model" not in meta or "config" not in meta:
+        raise ValueError(f"from_pretrained: {config_path} lacks the 'model' and 'config' entries")
+    name = meta["model"]
+    if name not in _REGISTRY:
+        raise ValueError(f"from_pretrained: {config_path} names unknown model {name!r}; registered: {list_models()}")
+    config = type(_REGISTRY[name].config).from_dict(meta["config"]).replace(**overrides)
+    model = _REGISTRY[name].builder(config)
+    model.registered_name = name
+    model.load_state_dict(load_file(str(weights_path), device=str(device or "cpu")), strict=True)
+    if device is not None:
+        model.to(device)
+    return model

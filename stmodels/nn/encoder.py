@@ -1,0 +1,378 @@
+"""DIFFUMA's temporal path: per-frame conv encoder, bidirectional Mamba over tokens, per-frame decoder.
+
+Reference: Xie et al., "DIFFUMA: High-Fidelity Spatio-Temporal Video Prediction via Dual-Path Mamba
+and Diffusion Enhancement", 2025 (the Mamba path); the spatial encoder/decoder follow SimVP's
+(Gao et al., "SimVP: Simpler yet Better Video Prediction", 2022) strided conv stack with a skip from
+the first, full-resolution level. The paper's exact sizes are not public; every size here is a
+documented, configurable default (see ``specs/diffuma.md``, "Temporal path").
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from stmodels.nn.mamba import DIRECTIONS, BiMambaLayer, check_backend_name
+
+__all__ = ["SpatialEncoder", "SpatialDecoder", "MambaEncoder"]
+
+SCANS = ("spacetime", "time")
+
+
+def _group_count(channels: int, num_groups: int) -> int:
+    """The largest divisor of ``channels`` not above ``num_groups``, so any width gets a GroupNorm."""
+    return max(g for g in range(1, min(channels, num_groups) + 1) if channels % g == 0)
+
+
+def _check_positive(where: str, name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{where}: `{name}` must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_divisible(where: str, shape: tuple[int, ...], height: int, width: int, levels: int) -> None:
+    factor = 2**levels
+    if height % factor or width % factor:
+        raise ValueError(
+            f"{where}: H={height} and W={width} must be divisible by 2**{levels}={factor} "
+            f"(one halving per level); got shape {shape}"
+        )
+
+
+class _ConvBlock(nn.Module):
+    """3x3 conv (optionally after 2x nearest upsampling) + GroupNorm + SiLU on (frames, C, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, upsample: bool, num_groups: int,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.upsample = upsample
+        # No conv bias: GroupNorm subtracts each group's mean, which would cancel it (and its gradient).
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False,
+                              device=device, dtype=dtype)
+        groups = _group_count(out_channels, num_groups)
+        self.norm = nn.GroupNorm(groups, out_channels, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"upsample={self.upsample}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return F.silu(self.norm(self.conv(x)))
+
+
+def _strides(levels: int) -> list[int]:
+    # Level 0 keeps full resolution (the skip); each further pair halves once, as SimVP's [1, 2, 1, 2].
+    return [1, 2] * levels if levels else [1]
+
+
+class SpatialEncoder(nn.Module):
+    """Per-frame conv stack: 3x3 conv + GroupNorm + SiLU blocks with strides ``1, 2, 1, 2, ...``.
+
+    ``2 * num_downsamples`` blocks (one stride-1 block when ``num_downsamples == 0``); the first
+    block's output, at full resolution, is returned as the skip for :class:`SpatialDecoder`.
+
+    Args:
+        in_channels: channels ``C`` of a frame.
+        hidden_channels: channels ``C_hid`` of every block.
+        num_downsamples: number of stride-2 blocks ``k``; H and W shrink by ``2**k``.
+        num_groups: GroupNorm groups (the largest divisor of ``hidden_channels`` not above it).
+        device, dtype: factory arguments of the parameters.
+
+    Shape:
+        x: (frames, C, H, W) with H, W divisible by ``2**k`` ->
+        (features: (frames, C_hid, H / 2**k, W / 2**k), skip: (frames, C_hid, H, W)).
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_downsamples: int = 2, num_groups: int = 8,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        where = type(self).__name__
+        self.in_channels = _check_positive(where, "in_channels", in_channels)
+        self.hidden_channels = _check_positive(where, "hidden_channels", hidden_channels)
+        self.num_downsamples = _check_positive(where, "num_downsamples", num_downsamples, minimum=0)
+        _check_positive(where, "num_groups", num_groups)
+        channels = [in_channels] + [hidden_channels] * len(_strides(num_downsamples))
+        self.blocks = nn.ModuleList(
+            _ConvBlock(c_in, c_out, stride, False, num_groups, device=device, dtype=dtype)
+            for c_in, c_out, stride in zip(channels[:-1], channels[1:], _strides(num_downsamples))
+        )
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, "
+                f"num_downsamples={self.num_downsamples}")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode frames.
+
+        Args:
+            x: (frames, C, H, W).
+
+        Returns:
+            features: (frames, C_hid, H / 2**k, W / 2**k); skip: (frames, C_hid, H, W).
+        """
+        where = type(self).__name__
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{where}: expected (frames, C={self.in_channels}, H, W), got {tuple(x.shape)}")
+        _check_divisible(where, tuple(x.shape), x.shape[-2], x.shape[-1], self.num_downsamples)
+        skip = self.blocks[0](x)
+        features = skip
+        for block in self.blocks[1:]:
+            features = block(features)
+        return features, skip
+
+
+class SpatialDecoder(nn.Module):
+    """Mirror of :class:`SpatialEncoder`: (2x nearest upsample + 3x3 conv), 3x3 conv, ... then a 1x1 readout.
+
+    Upsampling is nearest-neighbour followed by a 3x3 conv rather than a transposed conv, which avoids
+    checkerboard artefacts (Odena et al., "Deconvolution and Checkerboard Artifacts", 2016) that
+    cost SSIM. The skip (first-level encoder features) is added to the input of the last block, at
+    full resolution, as in SimVP.
+
+    Args:
+        hidden_channels: channels ``C_hid`` of the features, the skip and every block.
+        out_channels: channels ``C`` of an output frame.
+        num_upsamples: number of 2x upsampling blocks ``k`` (the encoder's ``num_downsamples``).
+        num_groups: GroupNorm groups (the largest divisor of ``hidden_channels`` not above it).
+        device, dtype: factory arguments of the parameters.
+
+    Shape:
+        x: (frames, C_hid, H', W'), skip: (frames, C_hid, H' * 2**k, W' * 2**k) ->
+        (frames, C, H' * 2**k, W' * 2**k).
+    """
+
+    def __init__(self, hidden_channels: int, out_channels: int, num_upsamples: int = 2, num_groups: int = 8,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        where = type(self).__name__
+        self.hidden_channels = _check_positive(where, "hidden_channels", hidden_channels)
+        self.out_channels = _check_positive(where, "out_channels", out_channels)
+        self.num_upsamples = _check_positive(where, "num_upsamples", num_upsamples, minimum=0)
+        _check_positive(where, "num_groups", num_groups)
+        upsamples = [s == 2 for s in reversed(_strides(num_upsamples))]
+        self.blocks = nn.ModuleList(
+            _ConvBlock(hidden_channels, hidden_channels, 1, up, num_groups, device=device, dtype=dtype)
+            for up in upsamples
+        )
+        self.readout = nn.Conv2d(hidden_channels, out_channels, 1, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return (f"hidden_channels={self.hidden_channels}, out_channels={self.out_channels}, "
+                f"num_upsamples={self.num_upsamples}")
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Decode frames.
+
+        Args:
+            x: (frames, C_hid, H', W') features.
+            skip: (frames, C_hid, H, W) first-level features, ``H = H' * 2**k``, ``W = W' * 2**k``.
+
+        Returns:
+            (frames, C, H, W).
+        """
+        where = type(self).__name__
+        if x.dim() != 4 or x.shape[1] != self.hidden_channels:
+            raise ValueError(
+                f"{where}: expected x of shape (frames, C_hid={self.hidden_channels}, H', W'), "
+                f"got {tuple(x.shape)}"
+            )
+        factor = 2**self.num_upsamples
+        expected = (x.shape[0], self.hidden_channels, x.shape[2] * factor, x.shape[3] * factor)
+        if tuple(skip.shape) != expected:
+            raise ValueError(
+                f"{where}: expected skip of shape {expected} for x of shape {tuple(x.shape)}, "
+                f"got {tuple(skip.shape)}"
+            )
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.readout(self.blocks[-1](x + skip))
+
+
+def _project_time(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``linear`` (T_in -> T_out) along dim 1 of (batch, T_in, ...) -> (batch, T_out, ...)."""
+    return linear(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class MambaEncoder(nn.Module):
+    """DIFFUMA's temporal path: frames -> (deterministic prediction ``Y_mamba``, ``context``).
+
+    1. :class:`SpatialEncoder` on every input frame: (batch, T_in, C_hid, H', W') and the skip.
+    2. Tokens: ``scan="spacetime"`` makes one sequence of length ``T_in * H' * W'`` per sample, in
+       time-major order (t, h, w), so the scan sees each frame's raster before the next frame;
+       ``scan="time"`` makes one sequence of length ``T_in`` per spatial location
+       (``batch * H' * W'`` sequences).
+    3. ``depth`` x :class:`BiMambaLayer` (d_model = C_hid), then a final LayerNorm (Vision Mamba's
+       ``norm_f``) before the tokens go back to (batch, T_in, C_hid, H', W').
+    4. Temporal projection T_in -> T_out: a learned ``nn.Linear(T_in, T_out)`` applied along the time
+       axis, shared by every channel and location. It is tiny (``T_in * T_out + T_out`` weights,
+       independent of C_hid and of the frame size, unlike a 1x1 conv over stacked frames), and it
+       is initialised to the temporal mean (weights ``1 / T_in``, bias 0), so a fresh encoder hands
+       the decoder well-scaled features for every output frame. The skip gets its own projection of
+       the same form (``skip_time_proj``).
+    5. ``context`` = the projected features (batch, T_out, C_hid, H', W'), the decoder's input and the
+       diffusion path's conditioning.
+    6. :class:`SpatialDecoder` on every output frame with the projected skip; with ``residual=True``
+       (default) the decoder predicts the change from the last observed frame,
+       ``Y_mamba = x[:, -1:] + decoder(...)``, which trains faster for video prediction than
+       predicting frames from scratch; ``residual=False`` predicts frames directly.
+
+    Frames of another H and W than ``in_shape`` are accepted (the path is fully convolutional and the
+    scans take any length) as long as both are divisible by ``2**num_downsamples``; ``T_in`` and ``C``
+    must match ``in_shape``.
+
+    Args:
+        in_shape: (T_in, C, H, W) of the input sequences.
+        out_frames: ``T_out``, the number of predicted frames.
+        hidden_channels: ``C_hid``, the width of the conv stacks and of the Mamba tokens.
+        num_downsamples: stride-2 levels ``k`` of the spatial encoder; ``H' = H / 2**k``.
+        depth: number of :class:`BiMambaLayer`.
+        d_state, d_conv, expand: the layers' state size, conv width and expansion.
+        scan: ``"spacetime"`` (default) or ``"time"``; see step 2.
+        direction: ``"bidirectional"`` (default) or ``"causal"`` for every layer.
+        share_directions: one parameter set for both scan directions (bidirectional only).
+        num_groups: GroupNorm groups of the conv stacks.
+        residual: predict frames as a change from the last input frame (default) or directly.
+        backend: scan backend of every layer (None: follow :func:`stmodels.ops.use_backend` /
+            ``STMODELS_BACKEND``); setting ``encoder.backend`` later updates every layer.
+        device, dtype: factory arguments of the parameters.
+
+    Shape:
+        x: (batch, T_in, C, H, W) -> (y_mamba: (batch, T_out, C, H, W),
+        context: (batch, T_out, C_hid, H / 2**k, W / 2**k)), in the dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int, int],
+        out_frames: int,
+        hidden_channels: int = 64,
+        num_downsamples: int = 2,
+        depth: int = 4,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        scan: str = "spacetime",
+        direction: str = "bidirectional",
+        share_directions: bool = False,
+        num_groups: int = 8,
+        residual: bool = True,
+        backend: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        in_shape = tuple(in_shape)
+        if len(in_shape) != 4:
+            raise ValueError(f"{where}: `in_shape` must be (T_in, C, H, W), got {in_shape}")
+        in_shape = tuple(
+            _check_positive(where, f"in_shape {name}", value)
+            for name, value in zip(("T_in", "C", "H", "W"), in_shape)
+        )
+        num_downsamples = _check_positive(where, "num_downsamples", num_downsamples, minimum=0)
+        _check_divisible(where, in_shape, in_shape[2], in_shape[3], num_downsamples)
+        if scan not in SCANS:
+            raise ValueError(f"{where}: `scan` must be one of {SCANS}, got {scan!r}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"{where}: `direction` must be one of {DIRECTIONS}, got {direction!r}")
+        self.in_shape = in_shape
+        self.out_frames = _check_positive(where, "out_frames", out_frames)
+        self.hidden_channels = _check_positive(where, "hidden_channels", hidden_channels)
+        self.num_downsamples = num_downsamples
+        self.depth = _check_positive(where, "depth", depth)
+        self.scan = scan
+        self.direction = direction
+        self.share_directions = bool(share_directions)
+        self.residual = bool(residual)
+        self._backend = check_backend_name(backend, where)
+
+        factory = {"device": device, "dtype": dtype}
+        frames_in, channels = in_shape[0], in_shape[1]
+        self.spatial_encoder = SpatialEncoder(channels, hidden_channels, num_downsamples, num_groups,
+                                              **factory)
+        self.layers = nn.ModuleList(
+            BiMambaLayer(hidden_channels, d_state=d_state, d_conv=d_conv, expand=expand, direction=direction,
+                         share_directions=share_directions, backend=backend, **factory)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(hidden_channels, **factory)
+        self.time_proj = nn.Linear(frames_in, out_frames, **factory)
+        self.skip_time_proj = nn.Linear(frames_in, out_frames, **factory)
+        self.spatial_decoder = SpatialDecoder(hidden_channels, channels, num_downsamples, num_groups,
+                                              **factory)
+        self.reset_time_projections()
+
+    @torch.no_grad()
+    def reset_time_projections(self) -> None:
+        """Start both temporal projections as the mean over input frames (see the class docstring)."""
+        for linear in (self.time_proj, self.skip_time_proj):
+            linear.weight.fill_(1.0 / self.in_shape[0])
+            linear.bias.zero_()
+
+    @property
+    def backend(self) -> str | None:
+        """The scan backend of every layer; assigning it updates them all."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        self._backend = check_backend_name(value, type(self).__name__)
+        for layer in self.layers:
+            layer.backend = value
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_shape={self.in_shape}, out_frames={self.out_frames}, "
+            f"hidden_channels={self.hidden_channels}, num_downsamples={self.num_downsamples}, "
+            f"depth={self.depth}, scan={self.scan!r}, direction={self.direction!r}, "
+            f"share_directions={self.share_directions}, residual={self.residual}, backend={self.backend!r}"
+        )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        where = type(self).__name__
+        frames_in, channels = self.in_shape[:2]
+        if x.dim() != 5 or x.shape[1] != frames_in or x.shape[2] != channels or x.shape[0] < 1:
+            raise ValueError(
+                f"{where}: expected input of shape (batch, T_in={frames_in}, C={channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        _check_divisible(where, tuple(x.shape), x.shape[-2], x.shape[-1], self.num_downsamples)
+
+    def _mix(self, features: torch.Tensor) -> torch.Tensor:
+        """The Mamba layers on (batch, T_in, C_hid, H', W') features, same shape out."""
+        batch, frames, _, height, width = features.shape
+        if self.scan == "spacetime":
+            tokens = rearrange(features, "b t c h w -> b (t h w) c")
+        else:
+            tokens = rearrange(features, "b t c h w -> (b h w) t c")
+        for layer in self.layers:
+            tokens = layer(tokens)
+        tokens = self.norm(tokens)
+        if self.scan == "spacetime":
+            return rearrange(tokens, "b (t h w) c -> b t c h w", t=frames, h=height, w=width)
+        return rearrange(tokens, "(b h w) t c -> b t c h w", b=batch, h=height, w=width)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict ``T_out`` frames deterministically and return the diffusion path's conditioning.
+
+        Args:
+            x: (batch, T_in, C, H, W) observed frames (DIFFUMA uses values in [0, 1]).
+
+        Returns:
+            y_mamba: (batch, T_out, C, H, W), the temporal path's prediction.
+            context: (batch, T_out, C_hid, H / 2**k, W / 2**k), the features at the decoder's input.
+        """
+        self._check_input(x)
+        batch = x.shape[0]
+        features, skip = self.spatial_encoder(x.flatten(0, 1))
+        features = self._mix(features.unflatten(0, (batch, -1)))
+        context = _project_time(self.time_proj, features)
+        skip = _project_time(self.skip_time_proj, skip.unflatten(0, (batch, -1)))
+        decoded = self.spatial_decoder(context.flatten(0, 1), skip.flatten(0, 1)).unflatten(0, (batch, -1))
+        y_mamba = x[:, -1:] + decoded if self.residual else decoded
+        return y_mamba, context
