@@ -1,10 +1,12 @@
 """The one tolerance table of the test suite, keyed by (op, dtype, "fwd" | "bwd").
 
-float32 and float64 entries bound the normwise relative error
-``max|actual - expected| / max|expected|`` of a backend against the reference run on the same
-inputs. For float16 and bfloat16 the rule of DESIGN.md applies instead: the error of the backend
-against the float32 reference must stay within 2 x the error of the reference itself run in that
-dtype, plus the absolute slack ``LOW_PRECISION_ATOL`` (relative to max|expected|).
+Every backend is judged by the rule of DESIGN.md, applied to every dtype: on the same inputs (rounded
+to the dtype under test), the error of the backend against the reference run in float64 must stay
+within 2 x the error of the reference itself run in the dtype under test, plus the slack of this
+table. Errors are normwise, ``max|actual - expected| / max|expected|``, so a gradient summed over
+many terms is judged against its own scale. Tying the budget to the reference's own rounding keeps
+ill-conditioned cases honest (LayerNorm's dx at H = 2 is pure cancellation) without loosening the
+slack for well-conditioned ones.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ from __future__ import annotations
 import torch
 
 TOLERANCES: dict[tuple[str, torch.dtype, str], float] = {
-    ("selective_scan", torch.float32, "fwd"): 2e-5,
-    ("selective_scan", torch.float32, "bwd"): 1e-4,
-    ("adaln_modulate", torch.float32, "fwd"): 1e-5,
-    ("adaln_modulate", torch.float32, "bwd"): 1e-5,
-}
-
-LOW_PRECISION_ATOL: dict[tuple[str, torch.dtype], float] = {
-    ("selective_scan", torch.float16): 1e-3,
-    ("selective_scan", torch.bfloat16): 8e-3,
-    ("adaln_modulate", torch.float16): 1e-3,
-    ("adaln_modulate", torch.bfloat16): 8e-3,
+    ("selective_scan", torch.float32, "fwd"): 2e-6,
+    ("selective_scan", torch.float32, "bwd"): 1e-5,
+    ("selective_scan", torch.float16, "fwd"): 1e-3,
+    ("selective_scan", torch.float16, "bwd"): 1e-3,
+    ("selective_scan", torch.bfloat16, "fwd"): 8e-3,
+    ("selective_scan", torch.bfloat16, "bwd"): 8e-3,
+    ("adaln_modulate", torch.float32, "fwd"): 1e-6,
+    ("adaln_modulate", torch.float32, "bwd"): 2e-6,
+    ("adaln_modulate", torch.float16, "fwd"): 1e-3,
+    ("adaln_modulate", torch.float16, "bwd"): 1e-3,
+    ("adaln_modulate", torch.bfloat16, "fwd"): 8e-3,
+    ("adaln_modulate", torch.bfloat16, "bwd"): 8e-3,
 }
 
 
@@ -40,16 +43,11 @@ def normwise_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual[mask] - expected[mask]).abs().max() / scale)
 
 
-def assert_matches(op: str, dtype: torch.dtype, mode: str, name: str, actual, expected, lowp_reference=None):
-    """Assert ``actual`` (a backend) matches ``expected`` (the reference) by the table.
+def assert_matches(op: str, dtype: torch.dtype, mode: str, name: str, actual, expected, reference_in_dtype):
+    """Assert ``actual`` (a backend, inputs in ``dtype``) matches ``expected`` (the float64 reference).
 
-    For float16/bfloat16, ``expected`` is the float32 reference on the upcast inputs and
-    ``lowp_reference`` the reference run in ``dtype``.
+    ``reference_in_dtype`` is the reference run on the same inputs in ``dtype``.
     """
     error = normwise_error(actual, expected)
-    if dtype in (torch.float16, torch.bfloat16):
-        assert lowp_reference is not None, "low-precision comparisons need the reference run in that dtype"
-        budget = 2 * normwise_error(lowp_reference, expected) + LOW_PRECISION_ATOL[(op, dtype)]
-    else:
-        budget = TOLERANCES[(op, torch.float32 if dtype == torch.float64 else dtype, mode)]
-    assert error <= budget, f"{op} {mode} `{name}` ({dtype}): normwise error {error:.3g} > {budget:.3g}"
+    budget = 2 * normwise_error(reference_in_dtype, expected) + TOLERANCES[(op, dtype, mode)]
+    assert error <= budget, f"{op} {mode} `{name}` ({dtype}): normwise error {error:.3g} > budget {budget:.3g}"

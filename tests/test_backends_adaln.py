@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stmodels.ops import adaln_modulate
-from tests._backends import DTYPES, LOW_PRECISION, backend_params, device_for, dtype_id
+from tests._backends import DTYPES, backend_params, device_for, dtype_id
 from tests._tolerances import assert_matches
 
 OP = "adaln_modulate"
@@ -42,27 +42,21 @@ def _run(inputs, backend, grad_out, eps):
 
 def check_backend(backend, dtype, batch=2, tokens=5, hidden=24, per_token=False, has_weight=False,
                   has_bias=False, eps=1e-6, seed=0):
+    """Backend vs the float64 reference (and the reference in ``dtype``), by the tolerance rule."""
     device = device_for(backend)
     generator = torch.Generator().manual_seed(seed)
     inputs32 = _make(batch, tokens, hidden, per_token, has_weight, has_bias, dtype, device, generator)
-    grad_out = torch.randn(batch, tokens, hidden, generator=generator).to(device)
-    expected = _run(inputs32, "reference", grad_out, eps)
-    lowp_ref = None
-    if dtype in LOW_PRECISION:
-        grad_out = grad_out.to(dtype).float()
-        expected = _run(inputs32, "reference", grad_out, eps)
-        lowp = {k: (v.to(dtype) if v is not None and k in ("x", "shift", "scale") else v) for k, v in inputs32.items()}
-        lowp_ref = _run(lowp, "reference", grad_out, eps)
-        actual = _run(lowp, backend, grad_out, eps)
-    else:
-        actual = _run(inputs32, backend, grad_out, eps)
+    grad_out = torch.randn(batch, tokens, hidden, generator=generator).to(dtype).to(device)
+    inputs = {k: (v.to(dtype) if v is not None and k in ("x", "shift", "scale") else v) for k, v in inputs32.items()}
+    expected = _run({k: None if v is None else v.double() for k, v in inputs.items()}, "reference",
+                    grad_out.double(), eps)
+    in_dtype = _run(inputs, "reference", grad_out, eps)
+    actual = _run(inputs, backend, grad_out, eps)
     assert actual[0].dtype == dtype
-    assert_matches(OP, dtype, "fwd", "out", actual[0], expected[0], None if lowp_ref is None else lowp_ref[0])
+    assert_matches(OP, dtype, "fwd", "out", actual[0], expected[0], in_dtype[0])
     for name, grad in actual[1].items():
-        assert grad.shape == expected[1][name].shape
-        assert grad.dtype == (lowp_ref or actual)[1][name].dtype
-        assert_matches(OP, dtype, "bwd", f"d{name}", grad, expected[1][name],
-                       None if lowp_ref is None else lowp_ref[1][name])
+        assert grad.shape == inputs[name].shape and grad.dtype == inputs[name].dtype, name
+        assert_matches(OP, dtype, "bwd", f"d{name}", grad, expected[1][name], in_dtype[1][name])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

@@ -45,6 +45,7 @@ SCAN_CASES = [
     ("B N", with_(B=torch.randn(2, 4, 5)), ValueError, "`B` must have shape (batch, N, L) = (2, 3, 5)"),
     ("C L", with_(C=torch.randn(2, 3, 7)), ValueError, "`C` must have shape (batch, N, L) = (2, 3, 5)"),
     ("groups", with_(B=torch.randn(2, 3, 3, 5)), ValueError, "G=3 of `B` must divide dim=4"),
+    ("group mismatch", with_(B=torch.randn(2, 2, 3, 5)), ValueError, "same number of groups, got G=2 for B and G=1 for C"),
     ("B rank", with_(B=torch.randn(5)), ValueError, "`B` must have shape"),
     ("B constant shape", with_(B=torch.randn(4, 2)), ValueError, "`B` must have shape (dim, N)"),
     ("D shape", with_(D=torch.randn(5)), ValueError, "`D` must have shape (dim,) = (4,)"),

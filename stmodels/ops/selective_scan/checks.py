@@ -198,6 +198,12 @@ def canonical_scan_args(
 
     B = _canonical_BC(op, "B", B, u, batch, dim, length, N, bidirectional)
     C = _canonical_BC(op, "C", C, u, batch, dim, length, N, bidirectional)
+    if B.dim() >= 4 and C.dim() >= 4 and B.shape[-3] != C.shape[-3]:
+        # As in mamba_ssm: one group layout serves both projections.
+        raise ValueError(
+            f"{op}: variable `B` and `C` must have the same number of groups, got G={B.shape[-3]} for B "
+            f"and G={C.shape[-3]} for C"
+        )
 
     for name, vector in (("D", D), ("delta_bias", delta_bias)):
         if vector is None:
