@@ -3,13 +3,15 @@
 Importing it registers the `torch.ops.stmodels.*` operators (CPU, and CUDA when built with CUDA).
 A missing or broken extension never makes `import stmodels` fail: `load_error()` says why it is
 missing and how to rebuild, and backends that need it report that as their reason.
+
+The extension is loaded once, when this module is imported, and the answers below are plain module
+constants: op front doors consult them on every call, also while torch.compile traces them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
 
 __all__ = ["available", "load_error", "build_info", "has_cuda_kernels", "REBUILD_HINT"]
 
@@ -19,7 +21,6 @@ REBUILD_HINT = (
 )
 
 
-@lru_cache(maxsize=None)
 def _load() -> tuple[object | None, str | None]:
     if os.environ.get("STMODELS_DISABLE_EXT", "0") == "1":
         return None, "the extension is disabled by STMODELS_DISABLE_EXT=1"
@@ -39,26 +40,29 @@ def _load() -> tuple[object | None, str | None]:
     return _C, None
 
 
+_MODULE, _LOAD_ERROR = _load()
+_BUILD_INFO: dict = {}
+if _MODULE is not None:
+    import torch
+
+    _BUILD_INFO = json.loads(torch.ops.stmodels.build_info())
+
+
 def available() -> bool:
     """True when the compiled extension loaded and registered its operators."""
-    return _load()[0] is not None
+    return _LOAD_ERROR is None
 
 
 def load_error() -> str | None:
     """Why the extension is not available, or None when it is."""
-    return _load()[1]
+    return _LOAD_ERROR
 
 
-@lru_cache(maxsize=None)
 def build_info() -> dict:
     """Build metadata recorded in the loaded binary (torch/CUDA versions, archs, flags)."""
-    if not available():
-        return {}
-    import torch
-
-    return json.loads(torch.ops.stmodels.build_info())
+    return dict(_BUILD_INFO)
 
 
 def has_cuda_kernels() -> bool:
     """True when the loaded binary was built with the CUDA sources."""
-    return bool(build_info().get("with_cuda", False))
+    return bool(_BUILD_INFO.get("with_cuda", False))

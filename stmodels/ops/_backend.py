@@ -17,8 +17,9 @@ Selection:
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import importlib.util
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -79,10 +80,9 @@ def _cuda_kernels_reason() -> str | None:
 
 
 def _triton_reason() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError as error:
-        return f"triton is not installed ({error}); `pip install triton`"
+    # find_spec, not import: importing triton costs a second and is only needed to run its kernels.
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed; `pip install triton`"
     return None
 
 
@@ -110,8 +110,8 @@ class Backend:
     extra_devices: Callable[[], tuple[str, ...]] = field(default=lambda: (), repr=False)
 
     def unavailable_reason(self) -> str | None:
-        """Why this backend cannot run at all in this process, or None."""
-        return self.availability()
+        """Why this backend cannot run at all in this process, or None (decided once, at import)."""
+        return _UNAVAILABLE.get(self.name) if self.name in _UNAVAILABLE else self.availability()
 
     def is_available(self) -> bool:
         return self.unavailable_reason() is None
@@ -188,10 +188,22 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 
+# Availability cannot change within a process (the extension loads once); deciding it here keeps the
+# per-call selection plain Python over tensor metadata, which torch.compile traces without breaks.
+_UNAVAILABLE: dict[str, str | None] = {name: backend.availability() for name, backend in BACKENDS.items()}
+
 # op name -> backend name -> (kernel, extra reasons for a call)
 _KERNELS: dict[str, dict[str, tuple[Callable, Callable[..., list[str]] | None]]] = {}
 
-_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("stmodels_backend", default=None)
+# use_backend's stack, per thread (threading.local, unlike a ContextVar, is traceable by torch.compile).
+_context = threading.local()
+
+
+def _context_stack() -> list[str]:
+    stack = getattr(_context, "stack", None)
+    if stack is None:
+        stack = _context.stack = []
+    return stack
 
 
 def backend_names() -> tuple[str, ...]:
@@ -221,18 +233,19 @@ def use_backend(name: str) -> Iterator[None]:
         >>> with stmodels.ops.use_backend("reference"):
         ...     out = stmodels.ops.selective_scan(u, delta, A, B, C)
     """
-    token = _context_backend.set(_check_name(name, "use_backend"))
+    stack = _context_stack()
+    stack.append(_check_name(name, "use_backend"))
     try:
         yield
     finally:
-        _context_backend.reset(token)
+        stack.pop()
 
 
 def current_backend() -> str:
     """The default backend now: the innermost :func:`use_backend`, else ``STMODELS_BACKEND``, else auto."""
-    name = _context_backend.get()
-    if name is not None:
-        return name
+    stack = getattr(_context, "stack", None)
+    if stack:
+        return stack[-1]
     from_env = os.environ.get(ENV_VARIABLE)
     if from_env:
         return _check_name(from_env.strip(), f"environment variable {ENV_VARIABLE}")
@@ -258,15 +271,16 @@ def missing_kernel_reasons(op_prefix: str, dispatch_key: str) -> Callable[..., l
         except RuntimeError:  # the operator itself is not registered
             return False
 
+    # Decided once, when the op registers: the loaded binary does not change afterwards.
+    missing = [f"stmodels::{op_prefix}{suffix}" for suffix in ("_fwd", "_bwd")
+               if not has_kernel(f"stmodels::{op_prefix}{suffix}")]
+    found = (
+        [f"the loaded stmodels._C has no {dispatch_key} kernel for {', '.join(missing)}; {_ext.REBUILD_HINT}"]
+        if missing and _ext.available() else []
+    )
+
     def reasons(args) -> list[str]:
-        missing = [
-            f"stmodels::{op_prefix}{suffix}"
-            for suffix in ("_fwd", "_bwd")
-            if not has_kernel(f"stmodels::{op_prefix}{suffix}")
-        ]
-        if missing:
-            return [f"the loaded stmodels._C has no {dispatch_key} kernel for {', '.join(missing)}; {_ext.REBUILD_HINT}"]
-        return []
+        return list(found)
 
     return reasons
 
