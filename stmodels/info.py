@@ -9,7 +9,8 @@ import platform
 import torch
 
 from stmodels import __version__, _ext
-from stmodels.ops import BACKENDS, kernels_of
+from stmodels.ops import BACKENDS
+from stmodels.ops._backend import kernel_missing_reasons
 
 __all__ = ["backend_report", "main"]
 
@@ -35,10 +36,13 @@ def backend_report() -> list[dict]:
                 reasons.append("no CUDA device visible to torch")
             row = {"backend": backend.name, "device": device, "deterministic": backend.deterministic,
                    "why_not": "; ".join(reasons)}
+            missing = []
             for op in OPS:
-                row[op] = not reasons and backend.name in kernels_of(op)
-                if not reasons and not row[op]:
-                    row["why_not"] = "no kernel for " + ", ".join(o for o in OPS if backend.name not in kernels_of(o))
+                op_reasons = kernel_missing_reasons(op, backend.name)
+                row[op] = not reasons and not op_reasons
+                missing += [r for r in op_reasons if r not in missing]
+            if not reasons and missing:
+                row["why_not"] = "; ".join(missing)
             rows.append(row)
     return rows
 

@@ -78,5 +78,8 @@ def test_build_info_is_recorded():
 def test_compiled_backend_reports_a_binary_without_the_kernel():
     from stmodels.ops._backend import missing_kernel_reasons
 
-    reasons = missing_kernel_reasons("no_such_op", "CPU")(None)
+    reasons = missing_kernel_reasons("no_such_op", "CPU")
+    if not _ext.available():
+        assert reasons == []  # the backend's availability already says the extension is missing
+        return
     assert len(reasons) == 1 and "no CPU kernel for stmodels::no_such_op_fwd, stmodels::no_such_op_bwd" in reasons[0]

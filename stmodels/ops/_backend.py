@@ -41,6 +41,7 @@ __all__ = [
     "use_backend",
     "kernels_of",
     "missing_kernel_reasons",
+    "kernel_missing_reasons",
 ]
 
 AUTO = "auto"
@@ -194,6 +195,7 @@ _UNAVAILABLE: dict[str, str | None] = {name: backend.availability() for name, ba
 
 # op name -> backend name -> (kernel, extra reasons for a call)
 _KERNELS: dict[str, dict[str, tuple[Callable, Callable[..., list[str]] | None]]] = {}
+_MISSING: dict[str, dict[str, list[str]]] = {}
 
 # use_backend's stack, per thread (threading.local, unlike a ContextVar, is traceable by torch.compile).
 _context = threading.local()
@@ -252,18 +254,31 @@ def current_backend() -> str:
     return AUTO
 
 
-def register_kernel(op: str, backend: str, kernel: Callable, extra_reasons: Callable[..., list[str]] | None = None):
+def register_kernel(op: str, backend: str, kernel: Callable, extra_reasons: Callable[..., list[str]] | None = None,
+                    missing: list[str] | None = None):
     """Register ``kernel`` as the implementation of ``op`` for ``backend``.
 
-    ``extra_reasons(args) -> list[str]`` adds op-specific limits (e.g. a maximum state size).
+    Args:
+        extra_reasons: ``extra_reasons(args) -> list[str]``, op-specific limits of one call (e.g. a
+            maximum state size).
+        missing: reasons the kernel cannot run at all in this process (e.g. the loaded binary
+            lacks it), shown by ``python -m stmodels.info`` too.
     """
     get_backend(backend)
     _KERNELS.setdefault(op, {})[backend] = (kernel, extra_reasons)
+    _MISSING.setdefault(op, {})[backend] = list(missing or [])
 
 
-def missing_kernel_reasons(op_prefix: str, dispatch_key: str) -> Callable[..., list[str]]:
-    """Extra reasons for a compiled backend: its binary must hold ``stmodels::<op_prefix>_fwd/_bwd``
-    kernels for ``dispatch_key`` (an old or partial build may not)."""
+def kernel_missing_reasons(op: str, backend: str) -> list[str]:
+    """Why ``backend``'s kernel for ``op`` cannot run in this process at all ([] when it can)."""
+    if backend not in _KERNELS.get(op, {}):
+        return [f"`{backend}` has no kernel for {op} (implemented: {', '.join(kernels_of(op)) or 'none'})"]
+    return list(_MISSING[op][backend])
+
+
+def missing_kernel_reasons(op_prefix: str, dispatch_key: str) -> list[str]:
+    """Reasons a compiled backend cannot run: the loaded binary lacks ``stmodels::<op_prefix>_fwd/_bwd``
+    kernels for ``dispatch_key`` (an old or partial build). Decided once, when the op registers."""
 
     def has_kernel(name: str) -> bool:
         try:
@@ -271,18 +286,13 @@ def missing_kernel_reasons(op_prefix: str, dispatch_key: str) -> Callable[..., l
         except RuntimeError:  # the operator itself is not registered
             return False
 
-    # Decided once, when the op registers: the loaded binary does not change afterwards.
+    if not _ext.available():
+        return []  # the backend's own availability already says why
     missing = [f"stmodels::{op_prefix}{suffix}" for suffix in ("_fwd", "_bwd")
                if not has_kernel(f"stmodels::{op_prefix}{suffix}")]
-    found = (
-        [f"the loaded stmodels._C has no {dispatch_key} kernel for {', '.join(missing)}; {_ext.REBUILD_HINT}"]
-        if missing and _ext.available() else []
-    )
-
-    def reasons(args) -> list[str]:
-        return list(found)
-
-    return reasons
+    if not missing:
+        return []
+    return [f"the loaded stmodels._C has no {dispatch_key} kernel for {', '.join(missing)}; {_ext.REBUILD_HINT}"]
 
 
 def kernels_of(op: str) -> tuple[str, ...]:
@@ -291,13 +301,10 @@ def kernels_of(op: str) -> tuple[str, ...]:
 
 
 def _reasons(op: str, backend: str, args, tensors: Mapping[str, torch.Tensor | None], main: str) -> list[str]:
-    reasons = BACKENDS[backend].reasons_not_supported(tensors, main)
+    reasons = BACKENDS[backend].reasons_not_supported(tensors, main) + kernel_missing_reasons(op, backend)
     entry = _KERNELS.get(op, {}).get(backend)
-    if entry is None:
-        return reasons + [f"`{backend}` has no kernel for {op} (implemented: {', '.join(kernels_of(op)) or 'none'})"]
-    extra_reasons = entry[1]
-    if extra_reasons is not None and not reasons:
-        reasons += extra_reasons(args)
+    if entry is not None and entry[1] is not None and not reasons:
+        reasons += entry[1](args)
     return reasons
 
 

@@ -65,5 +65,5 @@ def register(op: str) -> None:
     """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
     if _ext.available():
         _register_torch_library()
-    register_kernel(op, "cpu", adaln_compiled_kernel, missing_kernel_reasons("adaln", "CPU"))
-    register_kernel(op, "cuda", adaln_compiled_kernel, missing_kernel_reasons("adaln", "CUDA"))
+    register_kernel(op, "cpu", adaln_compiled_kernel, missing=missing_kernel_reasons("adaln", "CPU"))
+    register_kernel(op, "cuda", adaln_compiled_kernel, missing=missing_kernel_reasons("adaln", "CUDA"))

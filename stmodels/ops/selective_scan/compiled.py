@@ -75,5 +75,5 @@ def register(op: str) -> None:
     """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
     if _ext.available():
         _register_torch_library()
-    register_kernel(op, "cpu", scan_compiled_kernel, missing_kernel_reasons("selective_scan", "CPU"))
-    register_kernel(op, "cuda", scan_compiled_kernel, missing_kernel_reasons("selective_scan", "CUDA"))
+    register_kernel(op, "cpu", scan_compiled_kernel, missing=missing_kernel_reasons("selective_scan", "CPU"))
+    register_kernel(op, "cuda", scan_compiled_kernel, missing=missing_kernel_reasons("selective_scan", "CUDA"))
