@@ -1,0 +1,498 @@
+// CPU implementation of stmodels::selective_scan_fwd / selective_scan_bwd (schemas and the
+// canonical argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2, and the spec in
+// specs/ops.md). This file validates the arguments, converts A/B/C to padded float32 layouts the
+// kernels can stream, picks the kernel build for this CPU (AVX-512, AVX2 or portable), runs it
+// with at::parallel_for and reduces the per-task partial gradients in a fixed order, so results
+// are identical for any number of threads.
+//
+// Set STMODELS_SCAN_ISA=generic|avx2|avx512 to force a kernel build (testing); an unavailable
+// choice falls back to the automatic one.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "scan_common.h"
+
+// at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it silently runs
+// on one thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#warning "selective_scan_cpu.cpp built without -fopenmp: the CPU scan will run on one thread"
+#endif
+
+// The portable kernel build, compiled with this file's baseline flags.
+#define STM_SCAN_VEC 0
+#define STM_SCAN_NS isa_generic
+#define STM_SCAN_NAME "generic"
+#include "scan_kernel.h"
+
+namespace stmodels {
+namespace scan {
+
+const ScanKernels* kernels_generic() { return isa_generic::kernels(); }
+
+// Weak, so that a build that leaves out an ISA file (non-x86) still links; the address is then
+// null and the portable kernels are used.
+#if defined(__GNUC__) && defined(__ELF__)
+const ScanKernels* kernels_avx512() __attribute__((weak));
+const ScanKernels* kernels_avx2() __attribute__((weak));
+#define STM_HAVE(fn) (&fn != nullptr)
+#else
+#define STM_HAVE(fn) true
+#endif
+
+namespace {
+
+using at::Tensor;
+
+// The kernel builds this CPU can run, best first (detected once).
+struct Available { const ScanKernels *avx512 = nullptr, *avx2 = nullptr; };
+const Available& available_kernels() {
+  static const Available a = [] {
+    Available r;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (STM_HAVE(kernels_avx512) && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+      r.avx512 = kernels_avx512();
+    if (STM_HAVE(kernels_avx2) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      r.avx2 = kernels_avx2();
+#endif
+    return r;
+  }();
+  return a;
+}
+
+const ScanKernels* pick_kernels() {
+  const Available& a = available_kernels();
+  const char* env = std::getenv("STMODELS_SCAN_ISA");  // read per call: tests switch it
+  const std::string want = env ? env : "";
+  if (want == "generic") return kernels_generic();
+  if (want == "avx2" && a.avx2) return a.avx2;
+  if (a.avx512) return a.avx512;
+  if (a.avx2) return a.avx2;
+  return kernels_generic();
+}
+
+int dtype_code(at::ScalarType t) {
+  return t == at::kHalf ? kF16 : t == at::kBFloat16 ? kBF16 : kF32;
+}
+
+// ---------------------------------------------------------------- validation
+
+struct Geom {
+  int64_t batch, dim, L, N, G;
+  int ndir;
+  bool varB, varC;
+};
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "selective_scan (cpu): ", name, " must be a CPU tensor, got ",
+              t.device());
+}
+
+// u or delta: (batch, dim, L), or (2, batch, dim, L) when bidirectional.
+void check_seq(const Tensor& t, const char* name, bool bidir, at::ScalarType dt) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.dim() == 3 || (bidir && t.dim() == 4 && t.size(0) == 2), "selective_scan: ",
+              name, " must have shape (batch, dim, L)", bidir ? " or (2, batch, dim, L)" : "",
+              ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dt, "selective_scan: ", name, " must have dtype ", dt,
+              " (the dtype of u), got ", t.scalar_type());
+}
+
+// A, D, delta_bias: `rank` dims shared, or rank+1 with a leading 2 when bidirectional.
+void check_param(const Tensor& t, const char* name, bool bidir, at::IntArrayRef shape,
+                 const char* shape_str) {
+  check_cpu(t, name);
+  const int64_t r = (int64_t)shape.size();
+  const bool per_dir = bidir && t.dim() == r + 1 && t.size(0) == 2;
+  bool ok = (t.dim() == r || per_dir);
+  if (ok)
+    for (int64_t i = 0; i < r; ++i) ok = ok && t.size(t.dim() - r + i) == shape[i];
+  TORCH_CHECK(ok, "selective_scan: ", name, " must have shape ", shape_str,
+              bidir ? " (optionally with a leading 2 for per-direction values)" : "", " = ",
+              shape, ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "selective_scan: ", name,
+              " must be float32, got ", t.scalar_type());
+}
+
+// B or C: variable (batch, G, N, L) | (2, batch, G, N, L), constant (dim, N) | (2, dim, N).
+// Returns G (0 for constant).
+int64_t check_bc(const Tensor& t, const char* name, bool bidir, const Geom& g,
+                 at::ScalarType udt) {
+  check_cpu(t, name);
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == udt, "selective_scan: ", name,
+              " must be float32 or the dtype of u (", udt, "), got ", t.scalar_type());
+  const int64_t r = t.dim();
+  const bool per_dir = (r == 5 || r == 3);
+  TORCH_CHECK(r >= 2 && r <= 5 && (!per_dir || (bidir && t.size(0) == 2)), "selective_scan: ",
+              name, " must be variable (batch, G, N, L) or constant (dim, N)",
+              bidir ? ", either optionally with a leading 2 for per-direction values" : "",
+              "; got ", t.sizes());
+  if (r >= 4) {
+    const int64_t G = t.size(-3);
+    TORCH_CHECK(t.size(-4) == g.batch && t.size(-2) == g.N && t.size(-1) == g.L && G >= 1,
+                "selective_scan: variable ", name, " must have shape (batch=", g.batch,
+                ", G, N=", g.N, ", L=", g.L, "), got ", t.sizes());
+    TORCH_CHECK(g.dim % G == 0, "selective_scan: the number of groups G=", G, " of ", name,
+                " must divide dim=", g.dim);
+    return G;
+  }
+  TORCH_CHECK(t.size(-2) == g.dim && t.size(-1) == g.N, "selective_scan: constant ", name,
+              " must have shape (dim=", g.dim, ", N=", g.N, "), got ", t.sizes());
+  return 0;
+}
+
+struct Inputs {
+  Tensor u, delta, A, B, C, D, z, bias, init;
+  Geom g;
+};
+
+Inputs validate(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                const Tensor& C, const c10::optional<Tensor>& D, const c10::optional<Tensor>& z,
+                const c10::optional<Tensor>& bias, const c10::optional<Tensor>& init,
+                bool reverse, bool bidir) {
+  TORCH_CHECK(!(bidir && reverse), "selective_scan: reverse must be false when bidirectional "
+              "(direction 1 already scans backward in time)");
+  const auto udt = u.scalar_type();
+  TORCH_CHECK(udt == at::kFloat || udt == at::kHalf || udt == at::kBFloat16,
+              "selective_scan: u must be float32, float16 or bfloat16, got ", udt);
+  check_seq(u, "u", bidir, udt);
+  check_seq(delta, "delta", bidir, udt);
+  Inputs in;
+  Geom& g = in.g;
+  g.batch = u.size(-3); g.dim = u.size(-2); g.L = u.size(-1);
+  g.ndir = bidir ? 2 : 1;
+  TORCH_CHECK(delta.size(-3) == g.batch && delta.size(-2) == g.dim && delta.size(-1) == g.L,
+              "selective_scan: delta must match u's (batch, dim, L) = (", g.batch, ", ", g.dim,
+              ", ", g.L, "), got ", delta.sizes());
+  check_cpu(A, "A");
+  TORCH_CHECK(A.dim() >= 2 && A.size(-1) >= 1, "selective_scan: A must have shape (dim, N) with "
+              "N >= 1, got ", A.sizes());
+  g.N = A.size(-1);
+  check_param(A, "A", bidir, {g.dim, g.N}, "(dim, N)");
+  const int64_t GB = check_bc(B, "B", bidir, g, udt);
+  const int64_t GC = check_bc(C, "C", bidir, g, udt);
+  TORCH_CHECK(GB == 0 || GC == 0 || GB == GC, "selective_scan: variable B and C must have the "
+              "same number of groups, got G=", GB, " for B and G=", GC, " for C");
+  g.G = GB ? GB : (GC ? GC : 1);
+  g.varB = GB > 0; g.varC = GC > 0;
+  in.u = u.contiguous(); in.delta = delta.contiguous(); in.A = A.contiguous();
+  in.B = B.contiguous(); in.C = C.contiguous();
+  if (D.has_value() && D->defined()) {
+    check_param(*D, "D", bidir, {g.dim}, "(dim,)");
+    in.D = D->contiguous();
+  }
+  if (bias.has_value() && bias->defined()) {
+    check_param(*bias, "delta_bias", bidir, {g.dim}, "(dim,)");
+    in.bias = bias->contiguous();
+  }
+  if (z.has_value() && z->defined()) {
+    check_cpu(*z, "z");
+    TORCH_CHECK(z->dim() == 3 && z->size(0) == g.batch && z->size(1) == g.dim && z->size(2) == g.L,
+                "selective_scan: z must have shape (batch, dim, L) = (", g.batch, ", ", g.dim,
+                ", ", g.L, "), got ", z->sizes());
+    TORCH_CHECK(z->scalar_type() == udt, "selective_scan: z must have the dtype of u (", udt,
+                "), got ", z->scalar_type());
+    in.z = z->contiguous();
+  }
+  if (init.has_value() && init->defined()) {
+    TORCH_CHECK(!bidir, "selective_scan: initial_state is only supported when not bidirectional");
+    check_cpu(*init, "initial_state");
+    TORCH_CHECK(init->dim() == 3 && init->size(0) == g.batch && init->size(1) == g.dim &&
+                init->size(2) == g.N, "selective_scan: initial_state must have shape "
+                "(batch, dim, N) = (", g.batch, ", ", g.dim, ", ", g.N, "), got ", init->sizes());
+    TORCH_CHECK(init->scalar_type() == at::kFloat, "selective_scan: initial_state must be "
+                "float32, got ", init->scalar_type());
+    in.init = init->contiguous();
+  }
+  return in;
+}
+
+// ---------------------------------------------------------------- preparation
+
+int64_t ndir_of(const Tensor& t, int64_t base_rank) { return t.dim() > base_rank ? 2 : 1; }
+
+// A zero-filled float32 tensor of `shape` whose data starts at cache line `line` modulo 4 KiB
+// (see kLineB in scan_kernel.h: streams read in lockstep must not share L1 sets).
+Tensor zeros_at_line(at::IntArrayRef shape, int line, const at::TensorOptions& opt) {
+  const int64_t n = c10::multiply_integers(shape);
+  Tensor buf = at::zeros({n + 1024}, opt.dtype(at::kFloat));
+  float* base = buf.data_ptr<float>();
+  const int64_t off = isa_generic::at_line(base, line) - base;
+  return buf.narrow(0, off, n).view(shape);
+}
+
+// (nd, dim, N) -> float32 (nd, dim, Np), zero padded.
+Tensor pad_const(const Tensor& t, int64_t dim, int64_t N, int64_t Np, int line = 0) {
+  const int64_t nd = ndir_of(t, 2);
+  Tensor o = zeros_at_line({nd, dim, Np}, line, t.options());
+  o.narrow(2, 0, N).copy_(t.reshape({nd, dim, N}));
+  return o;
+}
+
+BCView prep_bc(const Tensor& t, bool var, const Geom& g, int64_t Np, int line, Tensor& hold) {
+  BCView v;
+  v.var = var;
+  if (var) {  // (nd, batch, G, N, L) -> (nd, batch, G, L, Np): lanes over n contiguous per step
+    const int64_t nd = ndir_of(t, 4);
+    hold = zeros_at_line({nd, g.batch, g.G, g.L, Np}, line, t.options());
+    hold.narrow(4, 0, g.N).copy_(t.reshape({nd, g.batch, g.G, g.N, g.L}).transpose(3, 4));
+    v.ds = nd == 2 ? g.batch * g.G * g.L * Np : 0;
+    v.bs = g.G * g.L * Np; v.gs = g.L * Np; v.cs = 0; v.ts = Np;
+  } else {
+    hold = pad_const(t, g.dim, g.N, Np, line);
+    v.ds = ndir_of(t, 2) == 2 ? g.dim * Np : 0;
+    v.cs = Np;
+  }
+  v.p = hold.data_ptr<float>();
+  return v;
+}
+
+struct Prepared {
+  ScanParams p;
+  Tensor A, B, C;  // keep the padded copies alive
+};
+
+Prepared prepare(const Inputs& in, bool softplus, bool reverse, int width) {
+  Prepared pr;
+  ScanParams& p = pr.p;
+  const Geom& g = in.g;
+  p.batch = g.batch; p.dim = g.dim; p.L = g.L; p.N = g.N;
+  p.Np = (g.N + width - 1) / width * width;
+  p.G = g.G; p.dg = g.dim / g.G; p.ndir = g.ndir;
+  p.softplus = softplus; p.reverse = reverse;
+  p.dtype = dtype_code(in.u.scalar_type());
+  const int64_t seq = g.batch * g.dim * g.L;
+  p.u = in.u.data_ptr(); p.u_ds = in.u.dim() == 4 ? seq : 0;
+  p.delta = in.delta.data_ptr(); p.delta_ds = in.delta.dim() == 4 ? seq : 0;
+  p.z = in.z.defined() ? in.z.data_ptr() : nullptr;
+  pr.A = pad_const(in.A, g.dim, g.N, p.Np);
+  p.A = pr.A.data_ptr<float>(); p.A_ds = in.A.dim() == 3 ? g.dim * p.Np : 0;
+  if (in.D.defined()) { p.D = in.D.data_ptr<float>(); p.D_ds = in.D.dim() == 2 ? g.dim : 0; }
+  if (in.bias.defined()) {
+    p.bias = in.bias.data_ptr<float>(); p.bias_ds = in.bias.dim() == 2 ? g.dim : 0;
+  }
+  p.init = in.init.defined() ? in.init.data_ptr<float>() : nullptr;
+  p.Bv = prep_bc(in.B, g.varB, g, p.Np, isa_generic::kLineB, pr.B);
+  p.Cv = prep_bc(in.C, g.varC, g, p.Np, isa_generic::kLineC, pr.C);
+  return pr;
+}
+
+// ---------------------------------------------------------------- forward
+
+std::tuple<Tensor, Tensor> scan_fwd_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                        const Tensor& B, const Tensor& C,
+                                        const c10::optional<Tensor>& D,
+                                        const c10::optional<Tensor>& z,
+                                        const c10::optional<Tensor>& delta_bias,
+                                        const c10::optional<Tensor>& initial_state,
+                                        bool delta_softplus, bool reverse, bool bidirectional) {
+  const Inputs in = validate(u, delta, A, B, C, D, z, delta_bias, initial_state, reverse,
+                             bidirectional);
+  const Geom& g = in.g;
+  Tensor out = at::empty({g.batch, g.dim, g.L}, in.u.options());
+  Tensor last = bidirectional ? at::zeros({2, g.batch, g.dim, g.N}, in.A.options())
+                              : at::zeros({g.batch, g.dim, g.N}, in.A.options());
+  if (g.batch == 0 || g.dim == 0) return {out, last};
+  if (g.L == 0) {  // nothing to scan: the state is the initial one
+    if (in.init.defined()) last.copy_(in.init);
+    return {out, last};
+  }
+  const ScanKernels* kr = pick_kernels();
+  Prepared pr = prepare(in, delta_softplus, reverse, kr->width);
+  ScanParams& p = pr.p;
+  p.out = out.data_ptr();
+  p.last_state = last.data_ptr<float>();
+  const int64_t ws = kr->fwd_ws(p);
+  const int64_t work = g.L * p.Np * g.ndir;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(work, 1));
+  at::parallel_for(0, g.batch * g.dim, grain, [&](int64_t begin, int64_t end) {
+    Tensor buf = at::empty({ws}, in.A.options());
+    kr->fwd(p, begin, end, buf.data_ptr<float>());
+  });
+  return {out, last};
+}
+
+// ---------------------------------------------------------------- backward
+
+// Fixed-order reductions of the per-(b, k, d) partials: out[kp][d][n] = sum over b, then over
+// the directions k that map to kp (both when the parameter is shared).
+void reduce_param(const Tensor& part /*(batch, ndir, dim, Np) or (batch, ndir, dim)*/,
+                  Tensor& out /*(ndp, dim[, n]) flat view, any float dtype*/, int64_t ndp,
+                  int64_t n_per /*N or 1*/, int64_t stride /*Np or 1*/) {
+  const int64_t batch = part.size(0), ndir = part.size(1), dim = part.size(2);
+  const float* src = part.data_ptr<float>();
+  Tensor acc = at::empty({ndp, dim, n_per}, part.options());
+  float* dst = acc.data_ptr<float>();
+  at::parallel_for(0, ndp * dim, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t kp = i / dim, d = i % dim;
+      for (int64_t n = 0; n < n_per; ++n) {
+        float s = 0.0f;
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t k = 0; k < ndir; ++k)
+            if (ndp == 1 || k == kp) s += src[((b * ndir + k) * dim + d) * stride + n];
+        dst[(kp * dim + d) * n_per + n] = s;
+      }
+    }
+  });
+  out.copy_(acc.view(out.sizes()));
+}
+
+// Variable dB/dC: out[k][b][g][n][t] = sum over channel chunks c of slab[b][g][c][k][t][n].
+void reduce_var(const float* src, int64_t nc, int64_t nd, const Geom& g, int64_t Np,
+                Tensor& out) {
+  const int64_t L = g.L, N = g.N, G = g.G, batch = g.batch;
+  const bool direct = out.scalar_type() == at::kFloat && out.is_contiguous();
+  Tensor acc = direct ? out : at::empty({nd, batch, G, N, L}, out.options().dtype(at::kFloat));
+  float* dst = acc.data_ptr<float>();
+  constexpr int64_t TB = 64;
+  const int64_t ntb = (L + TB - 1) / TB;
+  at::parallel_for(0, nd * batch * G * ntb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows(TB * Np);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t tb = i % ntb, bg = (i / ntb) % (batch * G), k = i / (ntb * batch * G);
+      const int64_t t0 = tb * TB, nt = std::min(L, t0 + TB) - t0;
+      // Sum the chunks' [t][Np] rows (contiguous, vectorises), then write transposed [n][t].
+      std::fill(rows.begin(), rows.end(), 0.0f);
+      for (int64_t c = 0; c < nc; ++c) {
+        const float* sl = src + (((bg * nc + c) * nd + k) * L + t0) * Np;
+        for (int64_t j = 0; j < nt * Np; ++j) rows[j] += sl[j];
+      }
+      float* o = dst + ((k * batch * G) + bg) * N * L + t0;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t t = 0; t < nt; ++t) o[n * L + t] = rows[t * Np + n];
+    }
+  });
+  if (!direct) out.copy_(acc.view(out.sizes()));
+}
+
+// The variable-dB/dC partial slabs are megabytes that every backward call fills from scratch;
+// fresh pages would cost a page fault each (as much as writing them), so the buffer is kept
+// between calls, up to 32 MiB. Calls that find it in use (another thread) allocate their own.
+Tensor slab_buffer(int64_t n, std::unique_lock<std::mutex>& lock) {
+  static std::mutex m;
+  static Tensor& cached = *new Tensor();  // never destroyed: no teardown-order issues at exit
+  constexpr int64_t kKeep = int64_t(8) << 20;  // floats
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  if (n == 0) return at::empty({0}, f32);
+  if (n > kKeep) return at::empty({n}, f32);
+  std::unique_lock<std::mutex> l(m, std::try_to_lock);
+  if (!l.owns_lock()) return at::empty({n}, f32);
+  if (!cached.defined() || cached.numel() < n) cached = at::empty({n}, f32);
+  lock = std::move(l);
+  return cached;
+}
+
+using BwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, const Tensor& A,
+                    const Tensor& B, const Tensor& C, const c10::optional<Tensor>& D,
+                    const c10::optional<Tensor>& z, const c10::optional<Tensor>& delta_bias,
+                    const c10::optional<Tensor>& initial_state, bool delta_softplus,
+                    bool reverse, bool bidirectional) {
+  const Inputs in = validate(u, delta, A, B, C, D, z, delta_bias, initial_state, reverse,
+                             bidirectional);
+  const Geom& g = in.g;
+  check_cpu(dout, "dout");
+  TORCH_CHECK(dout.dim() == 3 && dout.size(0) == g.batch && dout.size(1) == g.dim &&
+              dout.size(2) == g.L, "selective_scan_bwd: dout must have shape (batch, dim, L) = (",
+              g.batch, ", ", g.dim, ", ", g.L, "), got ", dout.sizes());
+  TORCH_CHECK(dout.scalar_type() == in.u.scalar_type(), "selective_scan_bwd: dout must have the "
+              "dtype of u (", in.u.scalar_type(), "), got ", dout.scalar_type());
+  const Tensor dout_c = dout.contiguous();
+  const auto f32 = in.A.options();
+  const Tensor none = at::empty({0}, f32);
+  // Every element of every gradient is written below (or zeroed here when there is no work).
+  Tensor du = at::empty_like(in.u), ddelta = at::empty_like(in.delta);
+  Tensor dA = at::empty_like(in.A), dB = at::empty_like(in.B), dC = at::empty_like(in.C);
+  // Absent inputs get their own empty placeholder: outputs of an op must not alias each other.
+  Tensor dD = in.D.defined() ? at::empty_like(in.D) : at::empty({0}, f32);
+  Tensor dz = in.z.defined() ? at::empty_like(in.z) : at::empty({0}, f32);
+  Tensor dbias = in.bias.defined() ? at::empty_like(in.bias) : at::empty({0}, f32);
+  Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
+  if (g.batch == 0 || g.dim == 0 || g.L == 0) {
+    for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
+    return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
+  }
+
+  const ScanKernels* kr = pick_kernels();
+  Prepared pr = prepare(in, delta_softplus, reverse, kr->width);
+  ScanParams& p = pr.p;
+  const int64_t Np = p.Np, nd = g.ndir;
+  p.dout = dout_c.data_ptr();
+  p.du = du.data_ptr(); p.du_ds = p.u_ds;
+  p.ddelta = ddelta.data_ptr(); p.ddelta_ds = p.delta_ds;
+  p.dz = in.z.defined() ? dz.data_ptr() : nullptr;
+  p.dinit = in.init.defined() ? dinit.data_ptr<float>() : nullptr;
+
+  // Work split: tasks are chunks of `ch` channels of one (batch, group). Variable dB/dC need one
+  // [L][Np] partial slab per task; chunks of >= 32 channels amortise it (zeroing + final
+  // reduction ~ 5% of the scan), at most ~64 tasks, and at most ~64 MiB of slabs. All of it
+  // depends on the shape only.
+  p.pB_nd = g.varB ? (int)ndir_of(in.B, 4) : 1;
+  p.pC_nd = g.varC ? (int)ndir_of(in.C, 4) : 1;
+  const int64_t slab = g.L * Np;
+  const int64_t per_chunk = (g.varB ? p.pB_nd : 0) * slab + (g.varC ? p.pC_nd : 0) * slab;
+  const int64_t dg = p.dg, bg = g.batch * g.G;
+  int64_t nc = dg;
+  if (per_chunk > 0) {
+    nc = std::min<int64_t>((dg + 31) / 32, (64 + bg - 1) / bg);
+    nc = std::min<int64_t>(nc, (int64_t(16) << 20) / (bg * per_chunk));
+    nc = std::max<int64_t>(nc, 1);
+  }
+  p.ch = (dg + nc - 1) / nc;
+  p.nc = (dg + p.ch - 1) / p.ch;
+  const int64_t nB = g.varB ? bg * p.nc * p.pB_nd * slab + 1024 : 0;
+  const int64_t nC = g.varC ? bg * p.nc * p.pC_nd * slab + 1024 : 0;
+  std::unique_lock<std::mutex> slab_lock;
+  Tensor slabs = slab_buffer(nB + nC, slab_lock);
+  Tensor pA = at::empty({g.batch, nd, g.dim, Np}, f32);
+  Tensor pBc = g.varB ? none : at::empty({g.batch, nd, g.dim, Np}, f32);
+  Tensor pCc = g.varC ? none : at::empty({g.batch, nd, g.dim, Np}, f32);
+  Tensor pD = in.D.defined() ? at::empty({g.batch, nd, g.dim}, f32) : none;
+  Tensor pBias = in.bias.defined() ? at::empty({g.batch, nd, g.dim}, f32) : none;
+  float* slab0 = slabs.data_ptr<float>();
+  p.pB = g.varB ? isa_generic::at_line(slab0, isa_generic::kLineSlabB) : nullptr;
+  p.pC = g.varC ? isa_generic::at_line(slab0 + nB, isa_generic::kLineSlabC) : nullptr;
+  p.pA = pA.data_ptr<float>();
+  p.pBc = g.varB ? nullptr : pBc.data_ptr<float>();
+  p.pCc = g.varC ? nullptr : pCc.data_ptr<float>();
+  p.pD = in.D.defined() ? pD.data_ptr<float>() : nullptr;
+  p.pBias = in.bias.defined() ? pBias.data_ptr<float>() : nullptr;
+
+  const int64_t ws = kr->bwd_ws(p);
+  at::parallel_for(0, bg * p.nc, 1, [&](int64_t begin, int64_t end) {
+    Tensor buf = at::empty({ws}, f32);
+    kr->bwd(p, begin, end, buf.data_ptr<float>());
+  });
+
+  reduce_param(pA, dA, ndir_of(in.A, 2), g.N, Np);
+  if (in.D.defined()) reduce_param(pD, dD, ndir_of(in.D, 1), 1, 1);
+  if (in.bias.defined()) reduce_param(pBias, dbias, ndir_of(in.bias, 1), 1, 1);
+  if (g.varB) reduce_var(p.pB, p.nc, p.pB_nd, g, Np, dB);
+  else reduce_param(pBc, dB, ndir_of(in.B, 2), g.N, Np);
+  if (g.varC) reduce_var(p.pC, p.nc, p.pC_nd, g, Np, dC);
+  else reduce_param(pCc, dC, ndir_of(in.C, 2), g.N, Np);
+  return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stmodels, CPU, m) {
+  m.impl("selective_scan_fwd", &scan_fwd_cpu);
+  m.impl("selective_scan_bwd", &scan_bwd_cpu);
+}
+
+}  // namespace scan
+}  // namespace stmodels
