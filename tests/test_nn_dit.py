@@ -457,3 +457,10 @@ def test_head_rejects_bad_arguments():
     head = ResidualDiffusionHead(nn.Identity())
     with pytest.raises(ValueError, match="shape"):
         head.ddim_sample(torch.zeros(1))
+
+
+def test_unknown_backend_fails_at_construction():
+    from stmodels.nn import DiTBlock as Block
+
+    with pytest.raises(ValueError, match="DiTBlock: unknown backend 'fast'"):
+        Block(8, 2, backend="fast")

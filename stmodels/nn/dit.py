@@ -20,6 +20,7 @@ from torch import nn
 
 from stmodels.nn.embeddings import PatchEmbed, TimestepEmbedder, get_2d_sincos_pos_embed, unpatchify
 from stmodels.ops import adaln_modulate
+from stmodels.nn._common import check_backend_name
 
 __all__ = ["DiTAttention", "DiTBlock", "DiTFinalLayer", "DiTDenoiser", "ATTENTION_MODES", "CONDITIONING_MODES"]
 
@@ -146,7 +147,7 @@ class DiTBlock(nn.Module):
         self.heads = heads
         self.mlp_ratio = mlp_ratio
         self.attention = attention
-        self.backend = backend
+        self.backend = check_backend_name(backend, type(self).__name__)
         self.attn = DiTAttention(hidden, heads, attention, **factory)
         mlp_hidden = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -223,7 +224,7 @@ class DiTFinalLayer(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.hidden = hidden
         self.out_features = out_features
-        self.backend = backend
+        self.backend = check_backend_name(backend, type(self).__name__)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden, **factory))
         self.linear = nn.Linear(hidden, out_features, **factory)
         self.reset_parameters()
@@ -332,7 +333,7 @@ class DiTDenoiser(nn.Module):
         self.mlp_ratio = mlp_ratio
         self.attention = attention
         self.conditioning = conditioning
-        self.backend = backend
+        self.backend = check_backend_name(backend, type(self).__name__)
         self.grid = (height // patch_size, width // patch_size)
 
         self.patch_embed = PatchEmbed(channels, hidden, patch_size, **factory)
@@ -359,6 +360,7 @@ class DiTDenoiser(nn.Module):
 
     def set_backend(self, backend: str | None) -> None:
         """Use ``backend`` for every :func:`~stmodels.ops.adaln_modulate` call of this denoiser."""
+        backend = check_backend_name(backend, type(self).__name__)
         for module in self.modules():
             if isinstance(module, (DiTDenoiser, DiTBlock, DiTFinalLayer)):
                 module.backend = backend

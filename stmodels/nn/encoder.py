@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from stmodels.nn.mamba import DIRECTIONS, BiMambaLayer, check_backend_name
+from stmodels.nn._common import check_backend_name
+from stmodels.nn.mamba import DIRECTIONS, BiMambaLayer
 
 __all__ = ["SpatialEncoder", "SpatialDecoder", "MambaEncoder"]
 

@@ -20,29 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stmodels.ops import backend_names, bi_selective_scan, selective_scan
+from stmodels.ops import bi_selective_scan, selective_scan
+from stmodels.nn._common import check_backend_name
 
-__all__ = ["BiMambaLayer", "check_backend_name"]
+__all__ = ["BiMambaLayer"]
 
 DIRECTIONS = ("bidirectional", "causal")
-
-
-def check_backend_name(backend: str | None, where: str) -> str | None:
-    """Validate a block's ``backend=`` argument early, so a typo fails at construction, not mid-training.
-
-    Args:
-        backend: None (follow :func:`stmodels.ops.current_backend` at call time) or a name from
-            :func:`stmodels.ops.backend_names`.
-        where: the block's name, for the message.
-
-    Returns:
-        ``backend`` unchanged.
-    """
-    if backend is not None and backend not in backend_names():
-        raise ValueError(
-            f"{where}: unknown backend {backend!r}; expected None or one of {', '.join(backend_names())}"
-        )
-    return backend
 
 
 def _positive_int(where: str, name: str, value) -> int:
