@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ __all__ = [
     "CHDLFormatError",
     "FrameInfo",
     "IMAGE_SUFFIXES",
-    "atomic_write_text",
     "natural_key",
     "probe_image",
     "read_image",
@@ -262,20 +260,3 @@ def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
         + chunk(b"IDAT", zlib.compress(scanlines.tobytes(), compress_level))
         + chunk(b"IEND", b"")
     )
-
-
-def atomic_write_text(path: os.PathLike | str, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder, then rename: never a torn file,
-    and concurrent writers (several DataLoader workers or ranks) each replace it whole."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise

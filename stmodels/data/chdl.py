@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from stmodels._fileio import atomic_write_text
 from stmodels.data._io import (
     IMAGE_SUFFIXES,
     CHDLFormatError,
-    atomic_write_text,
     natural_key,
     probe_image,
     read_image,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from stmodels._fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ModelConfig",
@@ -99,19 +100,6 @@ def create_model(name: str, **overrides) -> nn.Module:
     return model
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a torn file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 class PretrainedMixin:
     """``save_pretrained(dir)`` for registered models (they keep ``self.config`` and ``registered_name``)."""
 
@@ -120,7 +108,7 @@ class PretrainedMixin:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if not self.registered_name:
             raise ValueError("save_pretrained: the model was not built by create_model, so it has no registered name")
@@ -128,8 +116,8 @@ class PretrainedMixin:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"model": self.registered_name, "config": self.config.to_dict()}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p))
-        _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write_bytes(directory / WEIGHTS_FILE, save(state))
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
         return directory
 
 
