@@ -403,3 +403,36 @@ def test_encoder_cpu_backend_matches_reference(kwargs):
     for out_cpu, out_ref in zip(outs_cpu, outs_ref):
         torch.testing.assert_close(out_cpu, out_ref, rtol=1e-4, atol=1e-5)
     assert_grads_close(grads_cpu, grads_ref)
+
+
+def test_scan_under_autocast_takes_the_autocast_dtype_for_activations():
+    # Inside autocast some producers give float32 and matmuls bfloat16; the front door casts u,
+    # delta, z (and low-precision B, C) to bfloat16, keeping float32 parameters, exactly as if the
+    # caller had cast them.
+    from stmodels.ops import bi_selective_scan
+
+    torch.manual_seed(0)
+    batch, dim, length, N = 2, 8, 6, 4
+    u = torch.randn(batch, dim, length)
+    delta = torch.randn(batch, dim, length).bfloat16()
+    A = -torch.rand(dim, N)
+    B = torch.randn(batch, N, length)
+    C = torch.randn(batch, N, length).bfloat16()
+    z = torch.randn(batch, dim, length)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = bi_selective_scan(u, delta, A, B, C, z=z, backend="reference")
+    outside = bi_selective_scan(u.bfloat16(), delta, A, B, C, z=z.bfloat16(), backend="reference")
+    assert inside.dtype == torch.bfloat16 and torch.equal(inside, outside)
+    with pytest.raises(TypeError, match="`delta` must have dtype float32"):
+        bi_selective_scan(u, delta, A, B, C, z=z, backend="reference")  # no autocast: no silent cast
+
+
+def test_layer_trains_under_bf16_autocast():
+    torch.manual_seed(0)
+    layer = BiMambaLayer(16, d_state=4)
+    x = torch.randn(2, 12, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

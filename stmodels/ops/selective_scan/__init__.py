@@ -21,6 +21,29 @@ register_kernel(OP, "reference", scan_reference_kernel)
 _compiled.register(OP)
 
 
+def _autocast_activations(u, delta, B, C, z):
+    """Under autocast, bring the activations to autocast's dtype.
+
+    Inside an autocast region some producers run in float32 (e.g. elementwise ops on float32
+    parameters) while matmuls give bfloat16 / float16, so ``u`` and ``delta`` can arrive in
+    different dtypes. The scan wants one activation dtype; like autocast's own matmuls, it takes
+    the autocast dtype. A, D, delta_bias and initial_state stay float32 (the kernels' parameter
+    dtype), as do float32 B / C, which the kernels accept as they are. float64 is never touched.
+    """
+    device_type = u.device.type
+    if not torch.is_autocast_enabled(device_type) or u.dtype == torch.float64:
+        return u, delta, B, C, z
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t, keep_float32=False):
+        if t is None or not t.is_floating_point() or t.dtype == dtype or (keep_float32 and t.dtype == torch.float32):
+            return t
+        return t.to(dtype)
+
+    return cast(u), cast(delta), cast(B, True), cast(C, True), cast(z)
+
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -61,10 +84,12 @@ def selective_scan(
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
-        out: (batch, dim, L) in ``u``'s dtype; and ``last_state`` (batch, dim, N) float32 when
+        out: (batch, dim, L) in ``u``'s dtype (autocast's dtype inside an autocast region, where
+        u, delta, z and low-precision B, C are cast to it); and ``last_state`` (batch, dim, N) float32 when
         ``return_last_state``. Internal arithmetic is float32. Gradients flow to u, delta, A, B, C,
         D, z, delta_bias and initial_state; ``last_state`` is not differentiable.
     """
+    u, delta, B, C, z = _autocast_activations(u, delta, B, C, z)
     args = canonical_scan_args(
         "selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state,
         delta_softplus=delta_softplus, reverse=reverse, bidirectional=False,
@@ -104,6 +129,7 @@ def bi_selective_scan(
     Returns:
         out: (batch, dim, L) in ``u``'s dtype. Gradients of shared inputs sum both directions.
     """
+    u, delta, B, C, z = _autocast_activations(u, delta, B, C, z)
     args = canonical_scan_args(
         "bi_selective_scan", u, delta, A, B, C, D, z, delta_bias, None,
         delta_softplus=delta_softplus, reverse=False, bidirectional=True,
