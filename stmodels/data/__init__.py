@@ -14,17 +14,20 @@ Every dataset is a :class:`torch.utils.data.Dataset` whose items are ``(inputs, 
 from stmodels.data._io import CHDLFormatError, natural_key
 from stmodels.data.chdl import MANIFEST_NAME, CHDLFolder
 from stmodels.data.mmnist import MovingMNIST, load_mnist_digits, split_digit_indices
+from stmodels.data.specs import DataSpec, parse_data_spec
 from stmodels.data.synthetic import SyntheticCHDL, make_chdl_folder, render_chdl_sequence
 
 __all__ = [
     "CHDLFolder",
     "CHDLFormatError",
+    "DataSpec",
     "MANIFEST_NAME",
     "MovingMNIST",
     "SyntheticCHDL",
     "load_mnist_digits",
     "make_chdl_folder",
     "natural_key",
+    "parse_data_spec",
     "render_chdl_sequence",
     "split_digit_indices",
 ]

@@ -1,5 +1,6 @@
 """Assemblies and the model registry: ``create_model(name, **overrides)``, ``from_pretrained(dir)``."""
 
+from stmodels.models.copy_last import CopyLastFrame, CopyLastFrameConfig
 from stmodels.models.diffuma import DIFFUMA, DIFFUMAConfig
 from stmodels.models.registry import (
     ModelConfig,
@@ -12,6 +13,8 @@ from stmodels.models.registry import (
 )
 
 __all__ = [
+    "CopyLastFrame",
+    "CopyLastFrameConfig",
     "DIFFUMA",
     "DIFFUMAConfig",
     "ModelConfig",
