@@ -3,17 +3,25 @@
 * ``needs_ext``: skipped when ``stmodels._C`` is not loaded (a STMODELS_SKIP_EXT=1 install).
 * ``needs_cuda``: skipped unless torch sees a CUDA device.
 * ``triton_interpret``: Triton kernels on the CPU; skipped unless triton is importable.
+
+Without a CUDA device the Triton kernels can only run through Triton's interpreter, which reads
+``TRITON_INTERPRET`` when a kernel is defined: so it is set here, before any stmodels module is
+imported (a GPU machine keeps compiled Triton unless the caller sets it).
 """
 
 from __future__ import annotations
 
 import os
 
-import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
-from stmodels import _ext
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from stmodels import _ext  # noqa: E402
 
 settings.register_profile(
     "stmodels",

@@ -30,13 +30,15 @@ def _autocast_activations(u, delta, B, C, z):
     the autocast dtype. A, D, delta_bias and initial_state stay float32 (the kernels' parameter
     dtype), as do float32 B / C, which the kernels accept as they are. float64 is never touched.
     """
+    if not isinstance(u, torch.Tensor):  # the argument checks report it
+        return u, delta, B, C, z
     device_type = u.device.type
     if not torch.is_autocast_enabled(device_type) or u.dtype == torch.float64:
         return u, delta, B, C, z
     dtype = torch.get_autocast_dtype(device_type)
 
     def cast(t, keep_float32=False):
-        if t is None or not t.is_floating_point() or t.dtype == dtype or (keep_float32 and t.dtype == torch.float32):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dtype == dtype or (keep_float32 and t.dtype == torch.float32):
             return t
         return t.to(dtype)
 
