@@ -42,3 +42,11 @@ def adaln_inputs(batch, tokens, hidden, dtype, device="cpu", per_token=False, se
 
 def requiring_grad(tensors: dict) -> dict:
     return {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in tensors.items()}
+
+# GPU shapes of ../specs/performance.md. Scan: batch 8, dim 2048, L 2048, N 16, bfloat16; also the
+# DIFFUMA shapes (scan="spacetime": L = T_in*H'*W' = 10*16*16 per sample; scan="time": L = 10 over
+# batch*H'*W' sequences). AdaLN: (8, 2048, 2048) bfloat16.
+SCAN_GPU = dict(batch=8, dim=2048, length=2048, N=16, dtype=torch.bfloat16)
+SCAN_GPU_SPACETIME = dict(batch=8, dim=128, length=10 * 16 * 16, N=16, dtype=torch.bfloat16)
+SCAN_GPU_TIME = dict(batch=8 * 16 * 16, dim=128, length=10, N=16, dtype=torch.bfloat16)
+ADALN_GPU = dict(batch=8, tokens=2048, hidden=2048, dtype=torch.bfloat16)
