@@ -140,3 +140,11 @@ def test_main_job_example_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((out / "results.json").read_text())["results"]
     assert [r["mse"] for r in rerun] == [r["mse"] for r in rows]
+
+
+def test_custom_predictor_example_composes_blocks_and_trains():
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "custom_predictor.py"), "--steps", "3"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("StreamingDiffusionPredictor") and lines[1].startswith("copy last frame")
