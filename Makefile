@@ -13,6 +13,7 @@ TRITON_SPEC ?= triton==3.8.0
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_ARGS ?=
 
+RUNTIME_STAMP := $(VENV)/.stmodels-runtime
 DEPS_STAMP := $(VENV)/.stmodels-deps
 BUILD_STAMP := $(VENV)/.stmodels-build
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
@@ -23,18 +24,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(DEPS_STAMP): requirements-dev.txt | $(BIN)/python
+# Runtime and build requirements (enough for `make demo`), then the test/docs tools on top.
+$(RUNTIME_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEPS_STAMP): requirements-dev.txt $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-$(BUILD_STAMP): $(DEPS_STAMP) setup.py pyproject.toml $(CSRC)
+$(BUILD_STAMP): $(RUNTIME_STAMP) setup.py pyproject.toml $(CSRC)
 	MAX_JOBS=$(MAX_JOBS) $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(BUILD_STAMP)
 
-test: $(BUILD_STAMP)
+test: $(BUILD_STAMP) $(DEPS_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The main job: DIFFUMA vs its Mamba-only ablation vs copy-last-frame on synthetic dicing-lane video
@@ -43,14 +49,14 @@ demo: $(BUILD_STAMP)
 	$(BIN)/python examples/diffuma_chdl.py --out outputs/diffuma_chdl
 
 # A quick side-by-side timing of the kernels against their references and peers.
-kernel-demo: $(BUILD_STAMP)
+kernel-demo: $(BUILD_STAMP) $(DEPS_STAMP)
 	$(BIN)/python -m stmodels.info
 	$(BIN)/python benchmarks/demo.py
 
-docs: $(BUILD_STAMP)
+docs: $(BUILD_STAMP) $(DEPS_STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
-bench: $(BUILD_STAMP)
+bench: $(BUILD_STAMP) $(DEPS_STAMP)
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
 clean:
