@@ -45,7 +45,7 @@ from stmodels.train import TrainConfig, Trainer, evaluate  # noqa: E402
 BUDGETS = {
     "cpu": {
         "batch_size": 4, "lr": 2e-3, "eval_sequences": 64, "device": "cpu",
-        "steps": {"chdl": 600, "mmnist": 300},
+        "steps": {"chdl": 500, "mmnist": 250},
         "datasets": {
             "chdl": dict(kind="chdl-synthetic", size=32, train_sequences=1000),
             "mmnist": dict(kind="mmnist", size=64, train_sequences=10000),
@@ -53,7 +53,7 @@ BUDGETS = {
         "diffuma": {"chdl": dict(model="diffuma_small", lambda_diff=0.1),
                     "mmnist": dict(model="diffuma_small", lambda_diff=0.1, num_downsamples=3, patch_size=8)},
         "convlstm": dict(num_hidden=(64, 64)),
-        "simvp": dict(hid_S=32, hid_T=256, N_T=4),
+        "simvp": dict(hid_S=32, hid_T=256, N_T=4, mlp_ratio=4.0),
     },
     "gpu": {
         "batch_size": 32, "lr": 5e-4, "eval_sequences": 1000, "device": "cuda",

@@ -1,5 +1,6 @@
 """Assemblies and the model registry: ``create_model(name, **overrides)``, ``from_pretrained(dir)``."""
 
+from stmodels.models.convlstm import ConvLSTM, ConvLSTMConfig
 from stmodels.models.copy_last import CopyLastFrame, CopyLastFrameConfig
 from stmodels.models.diffuma import DIFFUMA, DIFFUMAConfig
 from stmodels.models.registry import (
@@ -11,14 +12,19 @@ from stmodels.models.registry import (
     model_config,
     register_model,
 )
+from stmodels.models.simvp import SimVP, SimVPConfig
 
 __all__ = [
+    "ConvLSTM",
+    "ConvLSTMConfig",
     "CopyLastFrame",
     "CopyLastFrameConfig",
     "DIFFUMA",
     "DIFFUMAConfig",
     "ModelConfig",
     "PretrainedMixin",
+    "SimVP",
+    "SimVPConfig",
     "create_model",
     "from_pretrained",
     "list_models",
