@@ -12,7 +12,7 @@ from tests._backends import DTYPES, backend_params, device_for, dtype_id
 from tests._tolerances import assert_matches
 
 OP = "adaln_modulate"
-BACKENDS = backend_params("cpu")
+BACKENDS = backend_params("cpu", "triton", "cuda")
 
 
 def _make(batch, tokens, hidden, per_token, has_weight, has_bias, dtype, device, generator):
@@ -80,7 +80,8 @@ def test_adaln_hypothesis(backend, batch, tokens, hidden, per_token, has_weight,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_adaln_constant_rows(backend):
     # A constant row has zero variance: the output is shift + bias*(1+scale), finite for eps > 0.
-    x = torch.full((2, 3, 16), 4.0)
-    shift, scale = torch.randn(2, 16), torch.randn(2, 16)
+    device = device_for(backend)
+    x = torch.full((2, 3, 16), 4.0, device=device)
+    shift, scale = torch.randn(2, 16, device=device), torch.randn(2, 16, device=device)
     out = adaln_modulate(x, shift, scale, backend=backend)
     torch.testing.assert_close(out, shift[:, None].expand_as(out))

@@ -15,6 +15,26 @@ register_kernel(OP, "reference", adaln_reference_kernel)
 _compiled.register(OP)
 
 
+def _adaln_triton_kernel(args: AdalnArgs) -> torch.Tensor:
+    # Imported on first use: importing triton costs about a second (the registry only find_spec's it).
+    from stmodels.ops.adaln.triton import adaln_triton_kernel
+
+    return adaln_triton_kernel(args)
+
+
+_TRITON_MAX_HIDDEN = 16384  # == stmodels.ops.adaln.triton.MAX_HIDDEN: a whole row stays in registers
+
+
+def _adaln_triton_reasons(args: AdalnArgs) -> list[str]:
+    hidden = args.x.shape[-1]
+    if hidden <= _TRITON_MAX_HIDDEN:
+        return []
+    return [f"`triton` keeps a whole row in registers: H <= {_TRITON_MAX_HIDDEN}, got H = {hidden}"]
+
+
+register_kernel(OP, "triton", _adaln_triton_kernel, extra_reasons=_adaln_triton_reasons)
+
+
 def adaln_modulate(
     x: torch.Tensor,
     shift: torch.Tensor,
