@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import pytest
@@ -14,7 +15,14 @@ from tests._backends import DTYPES, LOW_PRECISION, backend_params, device_for, d
 from tests._tolerances import assert_matches
 
 OP = "selective_scan"
-BACKENDS = backend_params("cpu")
+BACKENDS = backend_params("cpu", "triton", "cuda")
+
+# Triton's interpreter runs every program serially in Python, about 20 ms per scan step and program
+# (forward + backward), so on the CPU the triton backend gets fewer, shorter hypothesis cases and a
+# shorter "long" sequence (still many chunks); compiled Triton on a GPU keeps the full sizes.
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+ALL_LENGTHS = (1, 2, 3, 7, 16, 31, 64, 100)
+INTERPRETED_LENGTHS = (1, 2, 3, 7, 16, 17)
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,8 @@ def test_bi_selective_scan_matches_reference(backend, case, dtype):
 
 
 @st.composite
-def scan_cases(draw, bidirectional: bool):
-    dim = draw(st.integers(1, 12))
+def scan_cases(draw, bidirectional: bool, lengths=ALL_LENGTHS, max_dim: int = 12):
+    dim = draw(st.integers(1, max_dim))
     divisors = [g for g in range(1, dim + 1) if dim % g == 0]
     names = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
     B_form = draw(st.sampled_from(["variable", "groups", "constant"]))
@@ -172,7 +180,7 @@ def scan_cases(draw, bidirectional: bool):
     return ScanCase(
         batch=draw(st.integers(1, 3)),
         dim=dim,
-        length=draw(st.sampled_from([1, 2, 3, 7, 16, 31, 64, 100])),
+        length=draw(st.sampled_from(lengths)),
         N=draw(st.integers(1, 20)),
         B_form=B_form,
         C_form=C_form,
@@ -196,23 +204,41 @@ def _avoid_ambiguity(case: ScanCase) -> ScanCase:
     return case
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("cpu", "cuda"))
 @settings(max_examples=30)
 @given(case=scan_cases(bidirectional=False), seed=st.integers(0, 2**16))
 def test_selective_scan_hypothesis(backend, case, seed):
     check_backend(case, torch.float32, backend, seed)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params("cpu", "cuda"))
 @settings(max_examples=30)
 @given(case=scan_cases(bidirectional=True), seed=st.integers(0, 2**16))
 def test_bi_selective_scan_hypothesis(backend, case, seed):
     check_backend(_avoid_ambiguity(case), torch.float32, backend, seed)
 
 
+_TRITON_CASES = dict(lengths=INTERPRETED_LENGTHS, max_dim=6) if TRITON_INTERPRETED else {}
+
+
+@pytest.mark.parametrize("backend", backend_params("triton"))
+@settings(max_examples=4 if TRITON_INTERPRETED else 30)
+@given(case=scan_cases(bidirectional=False, **_TRITON_CASES), seed=st.integers(0, 2**16))
+def test_selective_scan_hypothesis_triton(backend, case, seed):
+    check_backend(case, torch.float32, backend, seed)
+
+
+@pytest.mark.parametrize("backend", backend_params("triton"))
+@settings(max_examples=4 if TRITON_INTERPRETED else 30)
+@given(case=scan_cases(bidirectional=True, **_TRITON_CASES), seed=st.integers(0, 2**16))
+def test_bi_selective_scan_hypothesis_triton(backend, case, seed):
+    check_backend(_avoid_ambiguity(case), torch.float32, backend, seed)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_long_sequence(backend, bidirectional):
-    case = ScanCase(batch=1, dim=3, length=4096, N=4, bidirectional=bidirectional,
+    length = 133 if backend == "triton" and TRITON_INTERPRETED else 4096
+    case = ScanCase(batch=1, dim=3, length=length, N=4, bidirectional=bidirectional,
                     has_initial_state=not bidirectional, per_direction=frozenset({"A", "B"}))
     check_backend(case, torch.float32, backend)

@@ -20,6 +20,26 @@ OP = "selective_scan"
 register_kernel(OP, "reference", scan_reference_kernel)
 _compiled.register(OP)
 
+#: Largest state size N of the ``triton`` kernels (kept equal to ``triton.MAX_STATE_SIZE``; stated here
+#: so that selection never imports triton).
+_TRITON_MAX_STATE_SIZE = 256
+
+
+def _triton_scan_kernel(args: ScanArgs):
+    # Imported on the first call: importing triton costs about a second.
+    from stmodels.ops.selective_scan import triton as triton_scan
+
+    return triton_scan.scan_triton_kernel(args)
+
+
+def _triton_scan_reasons(args: ScanArgs) -> list[str]:
+    if args.state_size > _TRITON_MAX_STATE_SIZE:
+        return [f"`triton` supports state sizes N <= {_TRITON_MAX_STATE_SIZE}, got N={args.state_size}"]
+    return []
+
+
+register_kernel(OP, "triton", _triton_scan_kernel, extra_reasons=_triton_scan_reasons)
+
 
 def _autocast_activations(u, delta, B, C, z):
     """Under autocast, bring the activations to autocast's dtype.
