@@ -126,3 +126,14 @@ def test_unknown_backend_names_the_choices(monkeypatch):
     monkeypatch.setenv("STMODELS_BACKEND", "bogus")
     with pytest.raises(ValueError, match="environment variable STMODELS_BACKEND: unknown backend 'bogus'"):
         selective_scan(**scan_inputs())
+
+
+def test_cuda_scan_state_size_limit_matches_the_kernel():
+    # The Python reason must agree with the CUDA source's own check, so auto falls back cleanly.
+    import re
+    from pathlib import Path
+
+    from stmodels.ops.selective_scan.compiled import CUDA_MAX_STATE_SIZE
+
+    source = (Path(__file__).resolve().parents[1] / "csrc" / "selective_scan" / "scan_cuda_common.cuh").read_text()
+    assert re.search(r"constexpr int kMaxN = (\d+);", source).group(1) == str(CUDA_MAX_STATE_SIZE)

@@ -71,9 +71,20 @@ def scan_compiled_kernel(args: ScanArgs) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+#: Largest state size N of the CUDA kernels (csrc/selective_scan/selective_scan_cuda.cu checks it too).
+CUDA_MAX_STATE_SIZE = 64
+
+
+def _cuda_reasons(args: ScanArgs) -> list[str]:
+    if args.state_size > CUDA_MAX_STATE_SIZE:
+        return [f"`cuda` supports state sizes N <= {CUDA_MAX_STATE_SIZE}, got N={args.state_size}"]
+    return []
+
+
 def register(op: str) -> None:
     """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
     if _ext.available():
         _register_torch_library()
     register_kernel(op, "cpu", scan_compiled_kernel, missing=missing_kernel_reasons("selective_scan", "CPU"))
-    register_kernel(op, "cuda", scan_compiled_kernel, missing=missing_kernel_reasons("selective_scan", "CUDA"))
+    register_kernel(op, "cuda", scan_compiled_kernel, extra_reasons=_cuda_reasons,
+                    missing=missing_kernel_reasons("selective_scan", "CUDA"))

@@ -1,0 +1,402 @@
+// CUDA implementation of stmodels::adaln_fwd / adaln_bwd (schemas in csrc/ops.cpp).
+//
+// AdaLN modulation as in DiT (Peebles & Xie 2023): out = LayerNorm(x, eps; weight, bias) *
+// (1 + scale) + shift, LayerNorm as in Ba, Kiros & Hinton 2016 (biased variance, float32 stats).
+// Same contract as the CPU kernel (adaln_cpu.cpp): same checks, same outputs, empty float32
+// gradients for absent weight/bias.
+//
+// Layout. A row (one token, H features) is handled by a row group of T threads (blockDim.x = T, a
+// multiple of 32): one warp for small H, up to 512 threads for large H. Thread t owns the chunks
+// c = t + j*T (j < kC) of W consecutive elements: W = 16 bytes / sizeof(dtype) (8 halves or 4
+// floats: one ld/st.global.v4) when H is a multiple of W and every pointer is 16-byte aligned, else
+// W = 1 (scalar loads, still coalesced). The row stays in registers: kC = fwd_chunks(W) /
+// fwd_token_chunks(W) / bwd_chunks(W) (adaln_cuda.cuh): 16 floats per thread in the per-sample
+// forward, 8 in the per-token forward (which also holds shift/scale) and in the backward, so
+// T = roundup32(H / 16) or roundup32(H / 8): a warp per row up to H = 512 / 256; H = 2048 gets 128
+// / 256 threads. Longer rows (per-sample forward H > 8192, otherwise H > 4096) take an uncached
+// variant (kC = 0, 512 threads) that re-reads the row from global memory (L2) on each pass.
+// Rows are tiled: block k covers rows [s0, s1) of one sample (a function of the shape only), with
+// R = 256 / T row groups (blockDim.y; 1 when T > 128) each taking every R-th row. Per-sample
+// shift/scale are folded once per block into registers (out = xhat * A + C with
+// A = (1 + scale) * weight, C = bias * (1 + scale) + shift) instead of being re-read for every row.
+// Reductions over a row: warp butterflies (every lane gets the bit-identical total), then, for
+// T > 32, the warp totals of the group read in warp order by every thread (group_sum).
+//
+// Forward: x read once into registers, corrected two-pass statistics from registers (mean, then
+// the sum of residuals and of their squares, as the CPU kernel), out written once. The traffic is
+// the floor: read x (+ shift/scale per token), write out (+ 8 bytes of mean/rstd per row); at
+// (8, 2048, 2048) bf16 per sample 128 MB, ~40 us at H100 copy bandwidth. With 64 registers (4
+// blocks of 256 threads, 1024 threads per SM) and 32 bytes of x in flight per thread, an SM keeps
+// ~32 KB of loads in flight, above the ~20 KB that the bandwidth-latency product asks of it, so the
+// kernel should run close to copy bandwidth (target: >= 70%). Blocks are small (8 rows at that
+// shape, 2048 blocks) so the last wave's tail is short.
+//
+// Backward, with a = dout * (1 + scale), g = a * weight (weight optional) and xhat = (x-mean)*rstd:
+//   dx = rstd * ((g - mean_H(g)) - xhat * mean_H(g * xhat)),
+// from xhat and g kept in registers (one group reduction of two values per row).
+//   Per-sample shift/scale: every thread accumulates, over the rows of its block and for its own
+//   columns, D = sum dout and P = sum dout * xhat in registers; the R row groups are combined in
+//   shared memory in group order, and the block writes one partial (2, H) to a float32 workspace
+//   (blocks, 2, H). adaln_bwd_reduce_kernel sums the partials of each sample in a fixed order
+//   (chunk lanes, then lanes in order): dshift = D, dscale = weight * P + bias * D, and
+//   (1 + scale_b) * P_b, (1 + scale_b) * D_b for dweight/dbias, which adaln_bwd_affine_kernel sums
+//   over the batch in order.
+//   Per-token shift/scale: dshift = dout and dscale = dout * (xhat * weight + bias) are written per
+//   row; the block partials are sum a * xhat (dweight) and sum a (dbias), only for the affine
+//   parameters present, reduced by adaln_bwd_reduce_kernel over all blocks in order.
+// No atomics anywhere: every reduction order is fixed by the shape (and by whether the vector path
+// applies), so the results are bit-identical from run to run.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "adaln_cuda.cuh"
+
+namespace stmodels {
+namespace adaln {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+// ---- launch configuration (a function of the shape and of the alignment only) ------------------
+struct Config {
+  int W;        // elements per chunk: the 16-byte vector width, or 1
+  int nchunks;  // H / W
+  int threads;  // per row group (blockDim.x)
+  int groups;   // row groups per block (blockDim.y)
+  bool cached;
+  Tiling tl;
+  int64_t blocks;
+};
+
+// target_blocks: blocks wanted in all (the forward wants many small blocks against the tail of the
+// last wave; the backward fewer, as each block writes a partial of A * H floats); min_rows: rows
+// per row group at least before a sample is split further.
+// chunks_of: chunks per thread of the cached kernel for a chunk width (fwd_chunks, bwd_chunks).
+Config make_config(int64_t batch, int64_t S, int64_t H, int vec_width, bool vec_ok,
+                   int (*chunks_of)(int), int64_t target_blocks, int64_t min_rows) {
+  Config c{};
+  c.W = vec_ok ? vec_width : 1;
+  c.nchunks = static_cast<int>(H / c.W);
+  const int per_thread = chunks_of(c.W);
+  const int64_t need = (c.nchunks + per_thread - 1) / per_thread;
+  const int64_t threads = (need + 31) / 32 * 32;
+  c.cached = threads <= kMaxThreads;
+  c.threads = c.cached ? static_cast<int>(threads) : kMaxThreads;
+  c.groups = c.cached && c.threads < kBlockThreads ? kBlockThreads / c.threads : 1;
+  c.tl.S = S;
+  const int64_t want = (target_blocks + batch - 1) / batch;
+  const int64_t rows = min_rows * c.groups;
+  const int64_t most = (S + rows - 1) / rows;
+  const int64_t tiles = std::max<int64_t>(1, std::min(want, most));
+  c.tl.rows_per_tile = (S + tiles - 1) / tiles;
+  c.tl.tiles_per_sample = (S + c.tl.rows_per_tile - 1) / c.tl.rows_per_tile;  // none empty
+  c.blocks = batch * c.tl.tiles_per_sample;
+  TORCH_CHECK(c.blocks <= std::numeric_limits<int>::max(), "adaln: ", batch, " x ", S,
+              " rows are too many for one launch");
+  return c;
+}
+
+constexpr int64_t kFwdTargetBlocks = 2048, kFwdMinRows = 2;
+// Backward at (8, 2048, 2048): 512 blocks of 32 rows, 8 MB of partials (L2-resident), which the
+// reduce kernel reads in ~512 blocks.
+constexpr int64_t kBwdTargetBlocks = 512, kBwdMinRows = 4;
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+template <typename T, bool kPerToken>
+void launch_fwd_form(const Config& c, const FwdParams& p, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  const dim3 grid(static_cast<unsigned>(c.blocks)), block(c.threads, c.groups);
+  if (c.W == V) {
+    if (c.cached) {
+      constexpr int kC = kPerToken ? fwd_token_chunks(V) : fwd_chunks(V);
+      adaln_fwd_kernel<T, V, kC, kPerToken><<<grid, block, 0, stream>>>(p);
+    } else {
+      adaln_fwd_kernel<T, V, 0, false><<<grid, block, 0, stream>>>(p);
+    }
+  } else {
+    if (c.cached) {
+      constexpr int kC = kPerToken ? fwd_token_chunks(1) : fwd_chunks(1);
+      adaln_fwd_kernel<T, 1, kC, kPerToken><<<grid, block, 0, stream>>>(p);
+    } else {
+      adaln_fwd_kernel<T, 1, 0, false><<<grid, block, 0, stream>>>(p);
+    }
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_fwd(const Config& c, const FwdParams& p, cudaStream_t stream) {
+  // The uncached variants read the form from p: instantiated once (kPerToken = false).
+  if (p.per_token && c.cached) launch_fwd_form<T, true>(c, p, stream);
+  else launch_fwd_form<T, false>(c, p, stream);
+}
+
+template <typename T, bool kPerToken>
+void launch_bwd_form(const Config& c, const BwdParams& p, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  const dim3 grid(static_cast<unsigned>(c.blocks)), block(c.threads, c.groups);
+  if (c.W == V) {
+    if (c.cached) {
+      adaln_bwd_kernel<T, V, bwd_chunks(V), kPerToken><<<grid, block, 0, stream>>>(p);
+    } else {
+      adaln_bwd_kernel<T, V, 0, false><<<grid, block, 0, stream>>>(p);
+    }
+  } else {
+    if (c.cached) {
+      adaln_bwd_kernel<T, 1, bwd_chunks(1), kPerToken><<<grid, block, 0, stream>>>(p);
+    } else {
+      adaln_bwd_kernel<T, 1, 0, false><<<grid, block, 0, stream>>>(p);
+    }
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_bwd(const Config& c, const BwdParams& p, cudaStream_t stream) {
+  if (p.per_token && c.cached) launch_bwd_form<T, true>(c, p, stream);
+  else launch_bwd_form<T, false>(c, p, stream);
+}
+
+// float, half and bfloat16 only (AT_DISPATCH_FLOATING_TYPES_AND2 would also instantiate double).
+#define STMODELS_ADALN_DISPATCH(TYPE, NAME, ...)                 \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                 \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)   \
+                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)    \
+                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+// ---- validation (the messages of adaln_cpu.cpp, with CUDA devices) -----------------------------
+void check_dev(const Tensor& t, const Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ",
+              t.device());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on the device of x (",
+              x.device(), "), got ", t.device());
+}
+
+void check_x(const Tensor& x, const char* op) {
+  TORCH_CHECK(x.defined(), op, ": x is undefined");
+  TORCH_CHECK(x.device().is_cuda(), op, ": x must be a CUDA tensor, got one on ", x.device());
+  TORCH_CHECK(x.dim() == 3, op, ": x must have shape (batch, S, H), got ", x.sizes());
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op,
+              ": x must be float32, float16 or bfloat16, got ", st);
+  TORCH_CHECK(x.size(2) <= std::numeric_limits<int>::max() / 2, op, ": H = ", x.size(2),
+              " is too large");
+}
+
+void check_like(const Tensor& t, const Tensor& x, at::IntArrayRef shape, const char* op,
+                const char* name, const char* shape_desc) {
+  check_dev(t, x, op, name);
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape_desc, " = ", shape,
+              ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (",
+              x.scalar_type(), "), got ", t.scalar_type());
+}
+
+std::optional<Tensor> check_affine(const std::optional<Tensor>& t, const Tensor& x, int64_t H,
+                                   const char* op, const char* name) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  check_dev(*t, x, op, name);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == H, op, ": ", name, " must have shape (H,) = (", H,
+              ",), got ", t->sizes());
+  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+              t->scalar_type());
+  return t->contiguous();
+}
+
+bool check_mod(const Tensor& t, const Tensor& x, const char* op, const char* name,
+               std::optional<bool> per_token) {
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  const bool pt = per_token.has_value() ? *per_token : t.dim() == 3;
+  if (pt) {
+    check_like(t, x, {B, S, H}, op, name,
+               per_token.has_value() ? "(batch, S, H) (shift_per_token=true)" : "(batch, S, H)");
+  } else {
+    check_like(t, x, {B, H}, op, name,
+               per_token.has_value() ? "(batch, H) (shift_per_token=false)"
+                                     : "(batch, H) [or (batch, S, H), per token]");
+  }
+  return pt;
+}
+
+const float* ptr_or_null(const std::optional<Tensor>& t) {
+  return t ? t->data_ptr<float>() : nullptr;
+}
+
+// ---- ops ----------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cuda(const Tensor& x_, const Tensor& shift_,
+                                                  const Tensor& scale_,
+                                                  const std::optional<Tensor>& weight_,
+                                                  const std::optional<Tensor>& bias_, double eps) {
+  constexpr const char* op = "adaln_fwd";
+  check_x(x_, op);
+  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
+  const bool per_token = check_mod(shift_, x_, op, "shift", std::nullopt);
+  TORCH_CHECK(scale_.sizes() == shift_.sizes(), op, ": scale must have the shape of shift (",
+              shift_.sizes(), "), got ", scale_.sizes());
+  check_mod(scale_, x_, op, "scale", per_token);
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const auto weight = check_affine(weight_, x_, H, op, "weight");
+  const auto bias = check_affine(bias_, x_, H, op, "bias");
+
+  const Tensor x = x_.contiguous(), shift = shift_.contiguous(), scale = scale_.contiguous();
+  Tensor out = at::empty(x.sizes(), x.options());
+  Tensor mean = at::empty({B, S}, x.options().dtype(at::kFloat));
+  Tensor rstd = at::empty({B, S}, x.options().dtype(at::kFloat));
+  if (H == 0) {  // as native_layer_norm: mean 0, rstd NaN
+    mean.zero_();
+    rstd.fill_(std::numeric_limits<float>::quiet_NaN());
+    return {out, mean, rstd};
+  }
+  if (B * S == 0) return {out, mean, rstd};
+
+  FwdParams p{};
+  p.H = static_cast<int>(H);
+  p.per_token = per_token;
+  p.eps = static_cast<float>(eps);
+  p.inv_h = 1.0f / static_cast<float>(H);
+  p.x = x.data_ptr();
+  p.shift = shift.data_ptr();
+  p.scale = scale.data_ptr();
+  p.weight = ptr_or_null(weight);
+  p.bias = ptr_or_null(bias);
+  p.out = out.data_ptr();
+  p.mean = mean.data_ptr<float>();
+  p.rstd = rstd.data_ptr<float>();
+  const int vec = static_cast<int>(16 / x.element_size());
+  const bool vec_ok = H % vec == 0 && aligned16(p.x) && aligned16(p.shift) &&
+                      aligned16(p.scale) && aligned16(p.out) &&
+                      (!p.weight || aligned16(p.weight)) && (!p.bias || aligned16(p.bias));
+  const Config c = make_config(B, S, H, vec, vec_ok, per_token ? fwd_token_chunks : fwd_chunks,
+                               kFwdTargetBlocks, kFwdMinRows);
+  p.tl = c.tl;
+  p.nchunks = c.nchunks;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  STMODELS_ADALN_DISPATCH(x.scalar_type(), "adaln_fwd_cuda",
+                          [&] { launch_fwd<scalar_t>(c, p, stream); });
+  return {out, mean, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cuda(
+    const Tensor& dout_, const Tensor& x_, const Tensor& scale_,
+    const std::optional<Tensor>& weight_, const std::optional<Tensor>& bias_,
+    const Tensor& mean_, const Tensor& rstd_, bool shift_per_token) {
+  constexpr const char* op = "adaln_bwd";
+  check_x(x_, op);
+  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
+  check_like(dout_, x_, x_.sizes(), op, "dout", "(batch, S, H), as x,");
+  check_mod(scale_, x_, op, "scale", shift_per_token);
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const auto weight = check_affine(weight_, x_, H, op, "weight");
+  const auto bias = check_affine(bias_, x_, H, op, "bias");
+  const auto check_stat = [&](const Tensor& t, const char* name) {
+    check_dev(t, x_, op, name);
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == S, op, ": ", name,
+                " must have shape (batch, S) = (", B, ", ", S, "), got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                t.scalar_type());
+  };
+  check_stat(mean_, "mean");
+  check_stat(rstd_, "rstd");
+
+  const Tensor dout = dout_.contiguous(), x = x_.contiguous(), scale = scale_.contiguous();
+  const Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  const auto f32 = x.options().dtype(at::kFloat);
+  Tensor dx = at::empty(x.sizes(), x.options());
+  Tensor dshift = at::empty(scale.sizes(), x.options());
+  Tensor dscale = at::empty(scale.sizes(), x.options());
+  Tensor dweight = weight ? at::empty({H}, f32) : at::empty({0}, f32);
+  Tensor dbias = bias ? at::empty({H}, f32) : at::empty({0}, f32);
+  if (H == 0) return {dx, dshift, dscale, dweight, dbias};
+  if (B * S == 0) {  // empty sums (as the CPU kernel: its reduction runs over no blocks)
+    dshift.zero_();
+    dscale.zero_();
+    dweight.zero_();
+    dbias.zero_();
+    return {dx, dshift, dscale, dweight, dbias};
+  }
+
+  BwdParams p{};
+  p.H = static_cast<int>(H);
+  p.per_token = shift_per_token;
+  p.inv_h = 1.0f / static_cast<float>(H);
+  p.dout = dout.data_ptr();
+  p.x = x.data_ptr();
+  p.scale = scale.data_ptr();
+  p.weight = ptr_or_null(weight);
+  p.bias = ptr_or_null(bias);
+  p.mean = mean.data_ptr<float>();
+  p.rstd = rstd.data_ptr<float>();
+  p.dx = dx.data_ptr();
+  p.dshift = dshift.data_ptr();
+  p.dscale = dscale.data_ptr();
+  const int vec = static_cast<int>(16 / x.element_size());
+  const bool vec_ok = H % vec == 0 && aligned16(p.dout) && aligned16(p.x) &&
+                      aligned16(p.scale) && aligned16(p.dx) && aligned16(p.dshift) &&
+                      aligned16(p.dscale) && (!p.weight || aligned16(p.weight)) &&
+                      (!p.bias || aligned16(p.bias));
+  const Config c = make_config(B, S, H, vec, vec_ok, bwd_chunks, kBwdTargetBlocks, kBwdMinRows);
+  p.tl = c.tl;
+  p.nchunks = c.nchunks;
+  p.A = shift_per_token ? (weight ? 1 : 0) + (bias ? 1 : 0) : 2;
+  Tensor partial, bsum;
+  if (p.A > 0) {
+    partial = at::empty({c.blocks * p.A * H}, f32);
+    p.partial = partial.data_ptr<float>();
+  }
+  const bool affine_over_batch = !shift_per_token && (weight || bias);
+  if (affine_over_batch) bsum = at::empty({B * 2 * H}, f32);
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  STMODELS_ADALN_DISPATCH(x.scalar_type(), "adaln_bwd_cuda", [&] {
+    launch_bwd<scalar_t>(c, p, stream);
+    if (p.A == 0) return;
+    ReduceParams r{};
+    r.partial = p.partial;
+    r.chunks = shift_per_token ? c.blocks : c.tl.tiles_per_sample;
+    r.H = H;
+    r.A = p.A;
+    r.per_token = shift_per_token;
+    r.scale = p.scale;
+    r.weight = p.weight;
+    r.bias = p.bias;
+    r.dshift = p.dshift;
+    r.dscale = p.dscale;
+    r.dweight = weight ? dweight.data_ptr<float>() : nullptr;
+    r.dbias = bias ? dbias.data_ptr<float>() : nullptr;
+    r.bsum = affine_over_batch ? bsum.data_ptr<float>() : nullptr;
+    const int64_t groups = shift_per_token ? 1 : B;
+    const int64_t rblocks = groups * ((H + 31) / 32);
+    adaln_bwd_reduce_kernel<scalar_t>
+        <<<static_cast<unsigned>(rblocks), dim3(32, kRedLanes), 0, stream>>>(r);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (affine_over_batch) {
+      adaln_bwd_affine_kernel<<<static_cast<unsigned>((H + 255) / 256), 256, 0, stream>>>(
+          r.bsum, B, H, r.dweight, r.dbias);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {dx, dshift, dscale, dweight, dbias};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace adaln
+}  // namespace stmodels
+
+TORCH_LIBRARY_IMPL(stmodels, CUDA, m) {
+  m.impl("adaln_fwd", &stmodels::adaln::cuda::adaln_fwd_cuda);
+  m.impl("adaln_bwd", &stmodels::adaln::cuda::adaln_bwd_cuda);
+}
