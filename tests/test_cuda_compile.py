@@ -107,9 +107,24 @@ def test_harness_compiles_a_probe_against_torch_headers(tmp_path):
     assert compile_cuda(broken, "80", tmp_path / "broken.o").returncode != 0
 
 
+@pytest.fixture(scope="module")
+def compiled_sources(tmp_path_factory):
+    """Every (source, arch) compile, started together: nvcc is single-threaded per job, and a
+    kernel source takes minutes on this 2-core machine, so running them side by side saves most
+    of the wall time. Returns {(source, arch): CompletedProcess}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    output = tmp_path_factory.mktemp("nvcc")
+    jobs = [(source, arch) for source in CUDA_SOURCES for arch in ARCHS]
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        futures = {job: pool.submit(compile_cuda, job[0], job[1], output / f"{job[0].stem}_sm{job[1]}.o")
+                   for job in jobs}
+        return {job: future.result() for job, future in futures.items()}
+
+
 @needs_nvcc
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=[str(p.relative_to(ROOT)) for p in CUDA_SOURCES])
-def test_cuda_source_compiles(source, arch, tmp_path):
-    result = compile_cuda(source, arch, tmp_path / (source.stem + ".o"))
+def test_cuda_source_compiles(source, arch, compiled_sources):
+    result = compiled_sources[(source, arch)]
     assert result.returncode == 0, f"nvcc failed on {source} for sm_{arch}:\n{result.stderr[-6000:]}"
