@@ -148,14 +148,6 @@ class ConvLSTM(PretrainedMixin, nn.Module):
         )
         self.conv_last = nn.Conv2d(config.num_hidden[-1], self.frame_channels, 1, bias=False, **factory)
 
-    def _check_input(self, X: torch.Tensor, name: str, frames: int) -> None:
-        expected = (frames,) + tuple(self.config.in_shape[1:])
-        if X.dim() != 5 or tuple(X.shape[1:]) != expected:
-            raise ValueError(
-                f"ConvLSTM: `{name}` must have shape (batch, {', '.join(map(str, expected))}) "
-                f"(batch, T, C, H, W), got {tuple(X.shape)}"
-            )
-
     def _rollout(self, X: torch.Tensor, Y: torch.Tensor | None = None,
                  use_truth: torch.Tensor | None = None) -> torch.Tensor:
         """All ``T_in + T_out - 1`` next-frame predictions, (batch, T_in + T_out - 1, C, H, W).

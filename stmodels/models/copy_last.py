@@ -39,10 +39,7 @@ class CopyLastFrame(PretrainedMixin, nn.Module):
         self.config = config
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        expected = tuple(self.config.in_shape)
-        if X.dim() != 5 or tuple(X.shape[1:]) != expected:
-            raise ValueError(f"CopyLastFrame: `X` must have shape (batch, {', '.join(map(str, expected))}), "
-                             f"got {tuple(X.shape)}")
+        self._check_input(X, "X", self.config.in_shape[0])
         return X[:, -1:].expand(-1, self.config.out_frames, -1, -1, -1).contiguous()
 
     def compute_loss(self, X: torch.Tensor, Y: torch.Tensor, generator: torch.Generator | None = None) -> dict:

@@ -129,14 +129,6 @@ class DIFFUMA(PretrainedMixin, nn.Module):
                 prediction=config.prediction, t_star=config.t_star,
             )
 
-    def _check_input(self, X: torch.Tensor, name: str, frames: int) -> None:
-        expected = (frames,) + tuple(self.config.in_shape[1:])
-        if X.dim() != 5 or tuple(X.shape[1:]) != expected:
-            raise ValueError(
-                f"DIFFUMA: `{name}` must have shape (batch, {', '.join(map(str, expected))}) "
-                f"(batch, T, C, H, W), got {tuple(X.shape)}"
-            )
-
     def _conditioning(self, context: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(context) if self.config.context == "random" else context
 

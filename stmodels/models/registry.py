@@ -106,6 +106,15 @@ class PretrainedMixin:
     config: ModelConfig
     registered_name: str | None = None
 
+    def _check_input(self, X: torch.Tensor, name: str, frames: int) -> None:
+        """Raise a ValueError naming ``name`` unless ``X`` is (batch, frames, C, H, W) of ``config.in_shape``."""
+        expected = (frames,) + tuple(self.config.in_shape[1:])
+        if X.dim() != 5 or tuple(X.shape[1:]) != expected:
+            raise ValueError(
+                f"{type(self).__name__}: `{name}` must have shape (batch, {', '.join(map(str, expected))}) "
+                f"(batch, T, C, H, W), got {tuple(X.shape)}"
+            )
+
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
         from safetensors.torch import save

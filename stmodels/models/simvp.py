@@ -235,14 +235,6 @@ class SimVP(PretrainedMixin, nn.Module):
         self.reduction = nn.Conv2d(T_in * hid_S, hid_T, 1, **factory) if T_in * hid_S != hid_T else nn.Identity()
         self.expansion = nn.Conv2d(hid_T, out_channels, 1, **factory) if hid_T != out_channels else nn.Identity()
 
-    def _check_input(self, X: torch.Tensor, name: str, frames: int) -> None:
-        expected = (frames,) + tuple(self.config.in_shape[1:])
-        if X.dim() != 5 or tuple(X.shape[1:]) != expected:
-            raise ValueError(
-                f"SimVP: `{name}` must have shape (batch, {', '.join(map(str, expected))}) "
-                f"(batch, T, C, H, W), got {tuple(X.shape)}"
-            )
-
     def _translate(self, z: torch.Tensor) -> torch.Tensor:
         z = self.reduction(self.translator[0](z))
         for block in self.translator[1:]:
