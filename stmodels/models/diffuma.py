@@ -93,13 +93,13 @@ class DIFFUMAConfig(ModelConfig):
     schedule: str = "linear"
     prediction: str = "residual"
     noise_levels: str = "matched"
-    noise_spread: float = 2.0
-    t_star: int = 20
+    noise_spread: float = 3.0
+    t_star: int = 40
     lambda_diff: float = 0.1
     sampler: str = "single"
     ddim_steps: int = 50
     ddim_init: str = "mamba"
-    ddim_start_step: int = 200
+    ddim_start_step: int = 80
     # kernels
     backend: str | None = None
 
