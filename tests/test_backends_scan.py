@@ -10,7 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stmodels.ops import bi_selective_scan, selective_scan
+from stmodels.ops import selective_scan
+from stmodels.ops._backend import select_kernel
+from stmodels.ops.selective_scan.checks import canonical_scan_args
 from tests._backends import DTYPES, LOW_PRECISION, backend_params, device_for, dtype_id
 from tests._tolerances import assert_matches
 
@@ -92,17 +94,26 @@ def _cast(inputs, case: ScanCase, dtype):
     return {k: (v.to(dtype) if (v is not None and k in names) else v) for k, v in inputs.items()}
 
 
-def _run(case: ScanCase, inputs, backend, grad_out):
+def _run(case: ScanCase, inputs, backend, grad_out, grad_last):
+    """Output, last_state and the gradients of ``<out, grad_out> + <last_state, grad_last>``.
+
+    ``last_state`` is differentiable on every backend, so its gradient is part of every comparison.
+    ``bi_selective_scan`` does not return its per-direction states; they are reached through the
+    selected backend kernel on the same canonical arguments (the front door is a thin call of it).
+    """
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
     args = {k: leaves.get(k) for k in inputs}
     if case.bidirectional:
         args.pop("initial_state")
-        out = bi_selective_scan(**args, delta_softplus=case.softplus, backend=backend)
-        last = None
+        scan_args = canonical_scan_args("bi_selective_scan", **args, initial_state=None,
+                                        delta_softplus=case.softplus, reverse=False, bidirectional=True)
+        _, kernel = select_kernel(OP, backend, scan_args, scan_args.tensors(), "u")
+        out, last = kernel(scan_args)
     else:
         out, last = selective_scan(**args, delta_softplus=case.softplus, reverse=case.reverse,
                                    return_last_state=True, backend=backend)
-    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(out.dtype))
+    grads = torch.autograd.grad((out, last), list(leaves.values()),
+                                (grad_out.to(out.dtype), grad_last.to(last.dtype)))
     return out, last, dict(zip(leaves, grads))
 
 
@@ -112,16 +123,17 @@ def check_backend(case: ScanCase, dtype: torch.dtype, backend: str, seed: int = 
     generator = torch.Generator().manual_seed(seed)
     inputs32 = _make(case, dtype, device, generator)
     grad_out = torch.randn(case.batch, case.dim, case.length, generator=generator).to(dtype).to(device)
+    state_shape = ((2,) if case.bidirectional else ()) + (case.batch, case.dim, case.N)
+    grad_last = torch.randn(state_shape, generator=generator).to(device)
     inputs = _cast(inputs32, case, dtype) if dtype in LOW_PRECISION else inputs32
     inputs64 = {k: None if v is None else v.double() for k, v in inputs.items()}
-    expected = _run(case, inputs64, "reference", grad_out.double())
-    in_dtype = _run(case, inputs, "reference", grad_out)
-    actual = _run(case, inputs, backend, grad_out)
+    expected = _run(case, inputs64, "reference", grad_out.double(), grad_last.double())
+    in_dtype = _run(case, inputs, "reference", grad_out, grad_last)
+    actual = _run(case, inputs, backend, grad_out, grad_last)
     assert actual[0].dtype == dtype and actual[0].shape == expected[0].shape
     assert_matches(OP, dtype, "fwd", "out", actual[0], expected[0], in_dtype[0])
-    if actual[1] is not None:
-        assert actual[1].dtype == torch.float32
-        assert_matches(OP, dtype, "fwd", "last_state", actual[1], expected[1], in_dtype[1])
+    assert actual[1].dtype == torch.float32 and actual[1].shape == expected[1].shape
+    assert_matches(OP, dtype, "fwd", "last_state", actual[1], expected[1], in_dtype[1])
     for name, grad in actual[2].items():
         assert grad.shape == inputs[name].shape and grad.dtype == inputs[name].dtype, name
         assert_matches(OP, dtype, "bwd", f"d{name}", grad, expected[2][name], in_dtype[2][name])

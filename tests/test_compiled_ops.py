@@ -51,8 +51,8 @@ def test_opcheck_selective_scan(name):
     inputs = [t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
               for t in _opcheck_args(args)]
     torch.library.opcheck(torch.ops.stmodels.selective_scan_fwd.default, tuple(inputs))
-    out = torch.ops.stmodels.selective_scan_fwd(*[t.detach() if isinstance(t, torch.Tensor) else t for t in inputs])[0]
-    bwd_inputs = (torch.randn_like(out),) + tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
+    out, last = torch.ops.stmodels.selective_scan_fwd(*[t.detach() if isinstance(t, torch.Tensor) else t for t in inputs])
+    bwd_inputs = (torch.randn_like(out), torch.randn_like(last)) + tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
     torch.library.opcheck(torch.ops.stmodels.selective_scan_bwd.default, bwd_inputs)
 
 

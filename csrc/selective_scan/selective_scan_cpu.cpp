@@ -396,7 +396,7 @@ Tensor slab_buffer(int64_t n, std::unique_lock<std::mutex>& lock) {
 
 using BwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, const Tensor& A,
+BwdOut scan_bwd_cpu(const Tensor& dout, const c10::optional<Tensor>& dlast_state, const Tensor& u, const Tensor& delta, const Tensor& A,
                     const Tensor& B, const Tensor& C, const c10::optional<Tensor>& D,
                     const c10::optional<Tensor>& z, const c10::optional<Tensor>& delta_bias,
                     const c10::optional<Tensor>& initial_state, bool delta_softplus,
@@ -421,8 +421,22 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, co
   Tensor dz = in.z.defined() ? at::empty_like(in.z) : at::empty({0}, f32);
   Tensor dbias = in.bias.defined() ? at::empty_like(in.bias) : at::empty({0}, f32);
   Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
+  Tensor dlast;
+  if (dlast_state.has_value() && dlast_state->defined()) {
+    check_cpu(*dlast_state, "dlast_state");
+    const auto want = bidirectional ? std::vector<int64_t>{2, g.batch, g.dim, g.N}
+                                    : std::vector<int64_t>{g.batch, g.dim, g.N};
+    TORCH_CHECK(dlast_state->sizes() == at::IntArrayRef(want), "selective_scan_bwd: dlast_state "
+                "must have the shape of last_state ", at::IntArrayRef(want), ", got ",
+                dlast_state->sizes());
+    TORCH_CHECK(dlast_state->scalar_type() == at::kFloat, "selective_scan_bwd: dlast_state must "
+                "be float32, got ", dlast_state->scalar_type());
+    dlast = dlast_state->contiguous();
+  }
   if (g.batch == 0 || g.dim == 0 || g.L == 0) {
     for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
+    // With nothing to scan last_state is initial_state itself.
+    if (g.L == 0 && dlast.defined() && in.init.defined()) dinit.copy_(dlast);
     return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
   }
 
@@ -431,6 +445,7 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, co
   ScanParams& p = pr.p;
   const int64_t Np = p.Np, nd = g.ndir;
   p.dout = dout_c.data_ptr();
+  p.dlast = dlast.defined() ? dlast.data_ptr<float>() : nullptr;
   p.du = du.data_ptr(); p.du_ds = p.u_ds;
   p.ddelta = ddelta.data_ptr(); p.ddelta_ds = p.delta_ds;
   p.dz = in.z.defined() ? dz.data_ptr() : nullptr;

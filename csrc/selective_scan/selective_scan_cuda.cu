@@ -55,6 +55,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 #include <tuple>
 
 #include "scan_cuda_bwd.cuh"
@@ -351,7 +352,7 @@ void reduce_slab(const Tensor& slab, int64_t nd, int64_t nblk, Tensor& out, cons
 
 using BwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, const Tensor& A,
+BwdOut scan_bwd_cuda(const Tensor& dout, const c10::optional<Tensor>& dlast_state, const Tensor& u, const Tensor& delta, const Tensor& A,
                      const Tensor& B, const Tensor& C, const c10::optional<Tensor>& D,
                      const c10::optional<Tensor>& z, const c10::optional<Tensor>& delta_bias,
                      const c10::optional<Tensor>& initial_state, bool delta_softplus,
@@ -374,8 +375,22 @@ BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, c
   Tensor dz = in.z.defined() ? at::empty_like(in.z) : at::empty({0}, f32);
   Tensor dbias = in.bias.defined() ? at::empty_like(in.bias) : at::empty({0}, f32);
   Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
+  Tensor dlast;
+  if (dlast_state.has_value() && dlast_state->defined()) {
+    check_device(*dlast_state, "dlast_state", in.u.device());
+    const auto want = bidirectional ? std::vector<int64_t>{2, g.batch, g.dim, g.N}
+                                    : std::vector<int64_t>{g.batch, g.dim, g.N};
+    TORCH_CHECK(dlast_state->sizes() == at::IntArrayRef(want), "selective_scan_bwd: dlast_state "
+                "must have the shape of last_state ", at::IntArrayRef(want), ", got ",
+                dlast_state->sizes());
+    TORCH_CHECK(dlast_state->scalar_type() == at::kFloat, "selective_scan_bwd: dlast_state must "
+                "be float32, got ", dlast_state->scalar_type());
+    dlast = dlast_state->contiguous();
+  }
   if (g.batch == 0 || g.dim == 0 || g.L == 0) {
     for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
+    // With nothing to scan last_state is initial_state itself.
+    if (g.L == 0 && dlast.defined() && in.init.defined()) dinit.copy_(dlast);
     return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -421,6 +436,7 @@ BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, c
   Tensor ybuf = bi && in.z.defined() ? at::empty({BD * g.L}, f32) : none;
 
   p.dout = dout_c.data_ptr();
+  p.dlast = dlast.defined() ? dlast.data_ptr<float>() : nullptr;
   p.du = du.data_ptr(); p.ddelta = ddelta.data_ptr();
   p.dz = in.z.defined() ? dz.data_ptr() : nullptr;
   p.dinit = in.init.defined() ? dinit.data_ptr<float>() : nullptr;

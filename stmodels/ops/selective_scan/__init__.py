@@ -109,7 +109,8 @@ def selective_scan(
         out: (batch, dim, L) in ``u``'s dtype (autocast's dtype inside an autocast region, where
         u, delta, z and low-precision B, C are cast to it); and ``last_state`` (batch, dim, N) float32 when
         ``return_last_state``. Internal arithmetic is float32. Gradients flow to u, delta, A, B, C,
-        D, z, delta_bias and initial_state; ``last_state`` is not differentiable.
+        D, z, delta_bias and initial_state, from ``out`` and from ``last_state`` alike (so a long
+        sequence scanned in chunks chained through the state gets the gradients of one scan).
     """
     u, delta, B, C, z = _autocast_activations(u, delta, B, C, z)
     args = canonical_scan_args(

@@ -27,7 +27,7 @@ def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_soft
     return out, u.new_empty(state_shape, dtype=torch.float32)
 
 
-def _fake_backward(dout, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
+def _fake_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
                    bidirectional):
     def like(tensor):
         return dout.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
@@ -39,12 +39,13 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
     ctx.flags = (delta_softplus, reverse, bidirectional)
-    ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_out, grad_last_state):
     saved = ctx.saved_tensors
-    grads = torch.ops.stmodels.selective_scan_bwd(grad_out.contiguous(), *saved, *ctx.flags)
+    # last_state is differentiable: its gradient seeds the adjoint after the last step.
+    dlast = None if grad_last_state is None else grad_last_state.float().contiguous()
+    grads = torch.ops.stmodels.selective_scan_bwd(grad_out.contiguous(), dlast, *saved, *ctx.flags)
     # Absent optional inputs get no gradient (the op returns empty placeholders for them).
     result = [None if tensor is None else grad for tensor, grad in zip(saved, grads)]
     return (*result, None, None, None)
