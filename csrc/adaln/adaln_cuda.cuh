@@ -133,6 +133,27 @@ __device__ __forceinline__ void group_sum(float (&v)[N], RowReduceSmem& red, int
   phase ^= 1;
 }
 
+// A power of two s <= 1 that brings a row's mean |x| into [1, 2) once it passes 2^40, else 1.
+// The residuals are summed as (x - mean0) s, so their squares stay far from float32 overflow
+// (LayerNorm(1e20 x) must equal LayerNorm(x)); ordinary rows keep s = 1 and exactly the unscaled
+// arithmetic. mean_abs inf/NaN (a row holding inf/NaN) gives 2^-126 and a NaN row, as the math.
+__device__ __forceinline__ float residual_scale(float mean_abs) {
+  const int e = (__float_as_int(mean_abs) >> 23) & 0xff;
+  if (e <= 127 + 40) return 1.0f;
+  return __int_as_float((254 - (e < 253 ? e : 253)) << 23);
+}
+
+// Row statistics from the residual sums dd = (sum d s, sum (d s)^2), d = x - mean0.
+__device__ __forceinline__ void row_stats(float mean0, const float (&dd)[2], float s, float inv_h,
+                                          float eps, float& mean, float& rstd) {
+  mean = mean0 + (dd[0] * inv_h) / s;
+  float var = (dd[1] - dd[0] * (dd[0] * inv_h)) * inv_h;  // of the scaled residuals
+  var = var < 0.f ? 0.f : var;  // rounding; keeps NaN
+  // A scaled row with var > 0 has var >> eps s^2; a constant one needs 1/sqrt(eps) itself (eps s^2
+  // underflows), which this form also gives at s = 1.
+  rstd = var == 0.f ? rsqrtf(eps) : rsqrtf(var + eps * s * s) * s;
+}
+
 // ---- kernels --------------------------------------------------------------------------------
 // Rows of block `tile`: sample b, positions [s0, s1).
 struct Tiling {
@@ -213,8 +234,11 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
   };
 
   if constexpr (kC > 0) {
-    // Per-sample modulation folded once per block: out = xhat * A + C.
+    // Per-sample modulation folded once per block: out = xhat * A + C. The fold reassociates
+    // (xhat w + b)(1 + s), which turns +-inf into NaN when 1 + s is infinite: a sample with a
+    // non-finite 1 + scale anywhere (block-wide vote) takes the unfolded form instead.
     float A[kC][W], C[kC][W];
+    int nonfinite = 0;
     if (!per_token) {
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
@@ -229,12 +253,15 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
 #pragma unroll
           for (int k = 0; k < W; ++k) {
             const float one = 1.0f + scf[k];
+            nonfinite |= !isfinite(one);
             A[j][k] = wt ? one * wf[k] : one;
             C[j][k] = bs ? bf[k] * one + shf[k] : shf[k];
           }
         }
       }
     }
+    // Every thread of the block reaches this (per_token is a template constant here).
+    const bool fold = !per_token && __syncthreads_or(nonfinite) == 0;
     for (int64_t it = 0; it < iters; ++it) {
       const int64_t s = s0 + ty + it * R;
       const bool valid = s < s1;
@@ -245,7 +272,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
       // Per token: shift/scale are loaded with x (kept packed), so that their latency overlaps
       // the row's loads rather than following its reductions.
       Pack<T, W> shp[kC], scp[kC];
-      float sum[1] = {0.f};
+      float sum[2] = {0.f, 0.f};  // sum of x, sum of |x|
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
         const int ch = tx + j * TPR;
@@ -256,19 +283,19 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
             scp[j] = load_pack<T, W>(SC + row * H + ch * W);
           }
 #pragma unroll
-          for (int k = 0; k < W; ++k) sum[0] += xv[j][k];
+          for (int k = 0; k < W; ++k) { sum[0] += xv[j][k]; sum[1] += fabsf(xv[j][k]); }
         }
       }
-      group_sum<1>(sum, red, phase);
-      const float mean0 = sum[0] * p.inv_h;
-      float dd[2] = {0.f, 0.f};  // sum of residuals, sum of squared residuals
+      group_sum<2>(sum, red, phase);
+      const float mean0 = sum[0] * p.inv_h, rs = residual_scale(sum[1] * p.inv_h);
+      float dd[2] = {0.f, 0.f};  // sum of scaled residuals, sum of their squares
 #pragma unroll
       for (int j = 0; j < kC; ++j) {
         const int ch = tx + j * TPR;
         if (valid && ch < nchunks) {
 #pragma unroll
           for (int k = 0; k < W; ++k) {
-            const float d = xv[j][k] - mean0;
+            const float d = (xv[j][k] - mean0) * rs;
             dd[0] += d;
             dd[1] += d * d;
           }
@@ -276,10 +303,8 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
       }
       group_sum<2>(dd, red, phase);
       if (!valid) continue;
-      const float mean = mean0 + dd[0] * p.inv_h;
-      float var = (dd[1] - dd[0] * (dd[0] * p.inv_h)) * p.inv_h;
-      var = var < 0.f ? 0.f : var;  // rounding; keeps NaN
-      const float rstd = rsqrtf(var + p.eps);
+      float mean, rstd;
+      row_stats(mean0, dd, rs, p.inv_h, p.eps, mean, rstd);
       if (tx == 0) {
         p.mean[row] = mean;
         p.rstd[row] = rstd;
@@ -306,9 +331,11 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
               if (bs) y += bf[k];
               v[k] = y * (1.0f + scf[k]) + shf[k];
             }
-          } else {
+          } else if (fold) {
 #pragma unroll
             for (int k = 0; k < W; ++k) v[k] = v[k] * A[j][k] + C[j][k];
+          } else {
+            modulate(v, SH + b * H, SC + b * H, col);
           }
           store_float<T, W>(orow + col, v);
         }
@@ -319,31 +346,29 @@ __global__ void __launch_bounds__(kMaxThreads, 2) adaln_fwd_kernel(const FwdPara
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t row = b * p.tl.S + s;
       const T* xr = X + row * H;
-      float sum[1] = {0.f};
+      float sum[2] = {0.f, 0.f};  // sum of x, sum of |x|
       for (int ch = tx; ch < nchunks; ch += TPR) {
         float v[W];
         load_float<T, W>(xr + ch * W, v);
 #pragma unroll
-        for (int k = 0; k < W; ++k) sum[0] += v[k];
+        for (int k = 0; k < W; ++k) { sum[0] += v[k]; sum[1] += fabsf(v[k]); }
       }
-      group_sum<1>(sum, red, phase);
-      const float mean0 = sum[0] * p.inv_h;
+      group_sum<2>(sum, red, phase);
+      const float mean0 = sum[0] * p.inv_h, rs = residual_scale(sum[1] * p.inv_h);
       float dd[2] = {0.f, 0.f};
       for (int ch = tx; ch < nchunks; ch += TPR) {
         float v[W];
         load_float<T, W>(xr + ch * W, v);
 #pragma unroll
         for (int k = 0; k < W; ++k) {
-          const float d = v[k] - mean0;
+          const float d = (v[k] - mean0) * rs;
           dd[0] += d;
           dd[1] += d * d;
         }
       }
       group_sum<2>(dd, red, phase);
-      const float mean = mean0 + dd[0] * p.inv_h;
-      float var = (dd[1] - dd[0] * (dd[0] * p.inv_h)) * p.inv_h;
-      var = var < 0.f ? 0.f : var;
-      const float rstd = rsqrtf(var + p.eps);
+      float mean, rstd;
+      row_stats(mean0, dd, rs, p.inv_h, p.eps, mean, rstd);
       if (tx == 0) {
         p.mean[row] = mean;
         p.rstd[row] = rstd;

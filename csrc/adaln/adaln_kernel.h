@@ -15,7 +15,9 @@
 // (H = 384 floats is 1.5 KB), so the forward reads x from memory once and makes its two-pass
 // statistics (mean, then the centred sum of squares: stable for any offset, unlike
 // E[x^2] - E[x]^2) from cache. Half types are widened to a float row buffer on the first pass.
-// All arithmetic is float32. No value-dependent branches: NaN/Inf propagate as in the math.
+// All arithmetic is float32 (a row whose squares overflow float32 redoes its statistics in double).
+// Value-dependent branches only pick between forms with the same math: NaN/Inf propagate as in
+// the formula.
 //
 // Per-element results depend only on the element's position in its row (the vector/scalar split
 // is fixed by H), and every reduction runs in a fixed order, so results do not depend on how
@@ -267,6 +269,23 @@ ADALN_INLINE void reduce2(int64_t n, F&& f, float& r1, float& r2) {
 
 // ---------------------------------------------------------------------------------------------
 // Forward, one block of rows of one sample.
+// Mean and 1/sqrt(var + eps) of one float row in double precision (the rare overflow path).
+void row_stats_f64(const float* xs, int64_t H, float eps, float& mean, float& rstd) {
+  double sum = 0.0;
+  for (int64_t h = 0; h < H; ++h) sum += xs[h];
+  const double m0 = sum / static_cast<double>(H);
+  double sd = 0.0, sdd = 0.0;
+  for (int64_t h = 0; h < H; ++h) {
+    const double d = static_cast<double>(xs[h]) - m0;
+    sd += d;
+    sdd += d * d;
+  }
+  double var = (sdd - sd * sd / static_cast<double>(H)) / static_cast<double>(H);
+  var = var < 0.0 ? 0.0 : var;  // rounding; keeps NaN
+  mean = static_cast<float>(m0 + sd / static_cast<double>(H));
+  rstd = static_cast<float>(1.0 / __builtin_sqrt(var + static_cast<double>(eps)));
+}
+
 template <class D>
 void fwd_block(const FwdArgs& a, int64_t k, float* scratch) {
   using T = typename D::T;
@@ -286,9 +305,21 @@ void fwd_block(const FwdArgs& a, int64_t k, float* scratch) {
   float* C = scratch + 2 * Hp;  // broadcast form: bias * (1 + scale) + shift
   const float inv_h = 1.0f / static_cast<float>(H);
 
+  // Broadcast form: fold the affine and the modulation into one multiply-add per element for the
+  // whole sample, out = xhat * A + C. The fold reassociates (xhat w + b)(1 + s): with an infinite
+  // 1 + s it would turn +-inf into inf - inf = NaN, so a sample whose 1 + scale is not finite
+  // everywhere (probe: sum of (1 + s) * 0, NaN iff some 1 + s is inf or NaN) takes the unfolded
+  // per-element form of the per-token path instead.
+  bool fold = false;
   if (!a.per_token) {
-    // Fold the affine and the modulation into one multiply-add per element for the whole sample:
-    // out = xhat * A + C.
+    const T* sc = SC + b * H;
+    const float probe = reduce_sum(H, [&](auto tag, int64_t h) {
+      using Tag = decltype(tag);
+      return (D::template load<Tag>(sc + h) + 1.0f) * 0.0f;
+    });
+    fold = probe == 0.0f;
+  }
+  if (fold) {
     const T* sh = SH + b * H;
     const T* sc = SC + b * H;
     for_each(H, [&](auto tag, int64_t h) {
@@ -336,14 +367,19 @@ void fwd_block(const FwdArgs& a, int64_t k, float* scratch) {
           acc_dd = fmadd(d, d, acc_dd);
         },
         sd, sdd);
-    const float mean = mean0 + sd * inv_h;
+    float mean = mean0 + sd * inv_h;
     const float var = (sdd - sd * (sd * inv_h)) * inv_h;
-    const float rstd = 1.0f / __builtin_sqrtf(var + a.eps);
+    float rstd = 1.0f / __builtin_sqrtf(var + a.eps);
+    // The squares overflow float32 when |x - mean| passes ~1e19 (LayerNorm(1e20 x) must equal
+    // LayerNorm(x)): such rows (and rows holding inf/NaN, which stay NaN) redo their statistics
+    // in double, which has the range for any float32 row. One predictable branch per row; the
+    // common path is unchanged.
+    if (!(sdd <= 3.0e38f)) row_stats_f64(xs, H, a.eps, mean, rstd);
     a.mean[row] = mean;
     a.rstd[row] = rstd;
 
     T* o = OUT + row * H;
-    if (!a.per_token) {
+    if (fold) {
       for_each(H, [&](auto tag, int64_t h) {
         using Tag = decltype(tag);
         using V = typename Tag::V;
@@ -351,8 +387,9 @@ void fwd_block(const FwdArgs& a, int64_t k, float* scratch) {
         D::template store<Tag>(o + h, fmadd(xh, ldf<V>(A + h), ldf<V>(C + h)));
       });
     } else {
-      const T* sh = SH + row * H;
-      const T* sc = SC + row * H;
+      const int64_t mrow = a.per_token ? row : b;  // modulation row: this token's or the sample's
+      const T* sh = SH + mrow * H;
+      const T* sc = SC + mrow * H;
       for_each(H, [&](auto tag, int64_t h) {
         using Tag = decltype(tag);
         using V = typename Tag::V;

@@ -20,7 +20,7 @@ from stmodels.ops._validate import (
     require_tensor,
 )
 
-__all__ = ["AdalnArgs", "canonical_adaln_args"]
+__all__ = ["AdalnArgs", "canonical_adaln_args", "check_canonical_adaln"]
 
 OP = "adaln_modulate"
 _FLOAT_DTYPES = ACTIVATION_DTYPES
@@ -98,3 +98,22 @@ def canonical_adaln_args(x, shift, scale, weight=None, bias=None, eps: float = 1
         weight=cast(weight, affine_dtype), bias=cast(bias, affine_dtype), eps=float(eps),
         per_token=shift.dim() == 3,
     )
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_canonical_adaln(op: str, x, shift, scale, weight, bias, eps) -> None:
+    """The checks of the compiled / Triton ``adaln_fwd`` on its canonical arguments (csrc/ops.cpp).
+
+    Used by the fake (meta) kernels, so that tracing rejects what the real kernels reject, with
+    the front door's messages: the user-level checks plus the kernels' exact dtypes (shift and
+    scale in x's dtype, weight and bias float32, no float64).
+    """
+    args = canonical_adaln_args(x, shift, scale, weight, bias, eps)
+    require_dtype(op, "x", args.x, _KERNEL_DTYPES)
+    for name, tensor in (("shift", shift), ("scale", scale)):
+        require_dtype(op, name, tensor, (x.dtype,))
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None:
+            require_dtype(op, name, tensor, (torch.float32,))
