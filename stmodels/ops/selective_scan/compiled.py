@@ -12,7 +12,7 @@ import torch
 
 from stmodels import _ext
 from stmodels.ops._backend import missing_kernel_reasons, register_kernel
-from stmodels.ops.selective_scan.checks import ScanArgs
+from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan
 
 __all__ = ["register", "scan_compiled_kernel"]
 
@@ -20,6 +20,8 @@ _INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_st
 
 
 def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional):
+    check_canonical_scan("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
+                         delta_softplus, reverse, bidirectional)
     batch, dim, length = u.shape[-3:]
     N = A.shape[-1]
     out = u.new_empty((batch, dim, length))
@@ -29,10 +31,28 @@ def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_soft
 
 def _fake_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
                    bidirectional):
+    args = check_canonical_scan("selective_scan_bwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                delta_softplus, reverse, bidirectional)
+    _check_grads(dout, dlast_state, args)
+
     def like(tensor):
         return dout.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
 
     return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+
+
+def _check_grads(dout, dlast_state, args: ScanArgs) -> None:
+    """dout like out, dlast_state (optional) like last_state, as the compiled backward checks."""
+    out_shape = (args.batch, args.dim, args.length)
+    if tuple(dout.shape) != out_shape or dout.dtype != args.u.dtype:
+        raise ValueError(f"selective_scan_bwd: `dout` must have shape {out_shape} and dtype {args.u.dtype}, "
+                         f"got {tuple(dout.shape)} {dout.dtype}")
+    if dlast_state is None:
+        return
+    state_shape = ((2,) if args.bidirectional else ()) + (args.batch, args.dim, args.state_size)
+    if tuple(dlast_state.shape) != state_shape or dlast_state.dtype != torch.float32:
+        raise ValueError(f"selective_scan_bwd: `dlast_state` must have the shape of last_state {state_shape} "
+                         f"and dtype float32, got {tuple(dlast_state.shape)} {dlast_state.dtype}")
 
 
 def _setup_context(ctx, inputs, output):

@@ -31,7 +31,7 @@ import os
 import torch
 import triton
 
-from stmodels.ops.selective_scan.checks import ScanArgs
+from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan
 from stmodels.ops.selective_scan.triton_kernels import combine_kernel, scan_bwd_kernel, scan_fwd_kernel
 
 __all__ = ["scan_triton_kernel", "scan_fwd", "scan_bwd", "MAX_STATE_SIZE", "CHUNK_SIZE", "BLOCK_D", "chunk_size"]
@@ -167,6 +167,8 @@ def scan_fwd(
 
 @scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional, chunk):
+    check_canonical_scan("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
+                         delta_softplus, reverse, bidirectional)
     batch, dim, length = u.shape[-3:]
     N = A.shape[-1]
     directions = 2 if bidirectional else 1
