@@ -17,8 +17,8 @@ from tests._backends import backend_params, device_for
 BACKENDS = [pytest.param("reference", id="reference"), *backend_params("cpu", "triton", "cuda")]
 
 
-def _inputs(device, length=12, batch=2, dim=4, N=3):
-    g = torch.Generator().manual_seed(3)
+def _inputs(device, length=12, batch=2, dim=4, N=3, dtype=torch.float32, seed=3):
+    g = torch.Generator().manual_seed(seed)
     t = {
         "u": torch.randn(batch, dim, length, generator=g),
         "delta": torch.randn(batch, dim, length, generator=g) * 0.5,
@@ -30,7 +30,7 @@ def _inputs(device, length=12, batch=2, dim=4, N=3):
         "delta_bias": torch.randn(dim, generator=g) * 0.3,
         "initial_state": torch.randn(batch, dim, N, generator=g),
     }
-    return {k: v.to(device).requires_grad_(True) for k, v in t.items()}
+    return {k: v.to(device, dtype).requires_grad_(True) for k, v in t.items()}
 
 
 def _time_slice(name, tensor, sl):
@@ -84,21 +84,8 @@ def test_last_state_gradient_alone(backend):
 
 
 def test_gradcheck_float64_with_last_state():
-    g = torch.Generator().manual_seed(6)
-    batch, dim, L, N = 1, 2, 5, 2
-    x = {
-        "u": torch.randn(batch, dim, L, generator=g),
-        "delta": torch.randn(batch, dim, L, generator=g) * 0.5,
-        "A": -torch.rand(dim, N, generator=g) - 0.2,
-        "B": torch.randn(batch, N, L, generator=g),
-        "C": torch.randn(batch, N, L, generator=g),
-        "D": torch.randn(dim, generator=g),
-        "z": torch.randn(batch, dim, L, generator=g),
-        "delta_bias": torch.randn(dim, generator=g) * 0.3,
-        "initial_state": torch.randn(batch, dim, N, generator=g),
-    }
-    names = list(x)
-    leaves = [v.double().requires_grad_(True) for v in x.values()]
+    x = _inputs("cpu", length=5, batch=1, dim=2, N=2, dtype=torch.float64, seed=6)
+    names, leaves = list(x), list(x.values())
     for reverse in (False, True):
         assert torch.autograd.gradcheck(
             lambda *t, r=reverse: selective_scan(**dict(zip(names, t)), delta_softplus=True, reverse=r,
