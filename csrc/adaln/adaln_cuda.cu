@@ -10,7 +10,7 @@
 // c = t + j*T (j < kC) of W consecutive elements: W = 16 bytes / sizeof(dtype) (8 halves or 4
 // floats: one ld/st.global.v4) when H is a multiple of W and every pointer is 16-byte aligned, else
 // W = 1 (scalar loads, still coalesced). The row stays in registers: kC = fwd_chunks(W) /
-// fwd_token_chunks(W) / bwd_chunks(W) (adaln_cuda.cuh): 16 floats per thread in the per-sample
+// fwd_token_chunks(W) / bwd_chunks(W) (adaln_cuda_common.cuh): 16 floats per thread in the per-sample
 // forward, 8 in the per-token forward (which also holds shift/scale) and in the backward, so
 // T = roundup32(H / 16) or roundup32(H / 8): a warp per row up to H = 512 / 256; H = 2048 gets 128
 // / 256 threads. Longer rows (per-sample forward H > 8192, otherwise H > 4096) take an uncached
@@ -60,7 +60,9 @@
 #include <tuple>
 
 #include "adaln_checks.h"
-#include "adaln_cuda.cuh"
+#include "adaln_cuda_bwd.cuh"
+#include "adaln_cuda_common.cuh"
+#include "adaln_cuda_fwd.cuh"
 
 namespace stmodels {
 namespace adaln {
