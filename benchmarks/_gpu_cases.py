@@ -2,7 +2,7 @@
 that benchmarks/gpu_check.sh prints last).
 
 Each case is (name, shape label, implementation, callable, floor_seconds or None). Floors follow
-../specs/performance.md: bytes that must move (every input read once, every output written once)
+docs/performance.rst: bytes that must move (every input read once, every output written once)
 over the measured device-to-device copy bandwidth, and exponentials (batch*dim*L*N per direction)
 over the exp rate; the larger of the two.
 """
@@ -16,7 +16,7 @@ from benchmarks._shapes import ADALN_GPU, SCAN_GPU, SCAN_GPU_SPACETIME, SCAN_GPU
 from stmodels.ops import adaln_modulate, bi_selective_scan, selective_scan
 
 # H100 SXM special-function throughput for exp2 in float32 (16 per SM per clock, 132 SMs, ~1.83 GHz):
-# a spec figure, not a measurement; performance.md uses ~3.9e12/s.
+# a spec figure, not a measurement; docs/performance.rst uses ~3.9e12/s.
 EXP_PER_SECOND = 3.9e12
 SCAN_IMPLS = ("cuda", "triton", "reference")
 ADALN_IMPLS = ("cuda", "triton", "reference", "eager")

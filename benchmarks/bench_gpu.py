@@ -1,4 +1,4 @@
-"""GPU benchmarks (skipped without CUDA): the shapes of ../specs/performance.md, cuda vs triton vs
+"""GPU benchmarks (skipped without CUDA): the shapes of docs/performance.rst, cuda vs triton vs
 reference vs eager and the two-call-with-flips form, grouped so implementations sit side by side.
 
 Run: `python -m pytest benchmarks/bench_gpu.py --benchmark-only` on a CUDA machine.

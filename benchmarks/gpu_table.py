@@ -1,5 +1,5 @@
 """The short GPU table benchmarks/gpu_check.sh prints last: median times (CUDA events), the
-fraction of the floor, and the ratios the targets of ../specs/performance.md are stated in.
+fraction of the floor, and the ratios the targets of docs/performance.rst are stated in.
 
 Run on a CUDA machine: `python benchmarks/gpu_table.py [--out FILE.md]`.
 """

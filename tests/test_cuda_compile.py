@@ -33,6 +33,7 @@ def _nvcc() -> str | None:
 
 NVCC = _nvcc()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+pytestmark = pytest.mark.slow  # minutes of nvcc on a 2-core machine
 
 
 def _include_dirs() -> list[str]:

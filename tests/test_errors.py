@@ -1,4 +1,4 @@
-"""Every bad-input case of ../specs/ops.md gives a clear error naming the argument."""
+"""Every bad-input case of docs/ops.rst gives a clear error naming the argument."""
 
 from __future__ import annotations
 

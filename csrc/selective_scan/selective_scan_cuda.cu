@@ -1,5 +1,5 @@
 // CUDA implementation of stmodels::selective_scan_fwd / selective_scan_bwd (schemas and canonical
-// argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2; spec: specs/ops.md). Kernels:
+// argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2; spec: docs/ops.rst). Kernels:
 // scan_cuda_common.cuh (staging, block scan), scan_cuda_fwd.cuh, scan_cuda_bwd.cuh.
 //
 // Design
@@ -45,7 +45,7 @@
 // * Determinism: two backward calls bitwise equal. compute-sanitizer --tool racecheck and
 //   --tool memcheck on a small bidirectional variable-B/C case with several chunks and channels
 //   per block (the barrier reasoning about the carry, the staging and the s_warp parity).
-// * Timings against specs/performance.md (batch 8, dim 2048, L 2048, N 16, bf16).
+// * Timings against docs/performance.rst (batch 8, dim 2048, L 2048, N 16, bf16).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
