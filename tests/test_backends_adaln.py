@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from tests._backends import DTYPES, backend_params, device_for, dtype_id
 from tests._tolerances import assert_matches
 
 OP = "adaln_modulate"
+_TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = backend_params("cpu", "triton", "cuda")
 
 
@@ -158,3 +161,27 @@ def test_adaln_large_values_do_not_overflow(backend, per_token, hidden, dtype):
     in_dtype = adaln_modulate(x, shift, scale, weight, bias, eps=eps, backend="reference")
     tol = 2 * (in_dtype.double() - expected).abs().max().item() + (1e-5 if dtype == torch.float32 else 1e-2)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=tol)
+
+
+# Hidden sizes across the kernels' forms: H = 1, a non-multiple of every vector width (383), the
+# vectorised multi-warp rows (1024, 2048) and rows too long for registers (8200: the uncached
+# kernels). Interpreted Triton takes the small ones; GPU backends take all.
+BOUNDARY_H = (1, 383, 1024, 2048, 8200)
+
+
+def _boundary_params():
+    params = []
+    for backend in BACKENDS:
+        name = backend.values[0]
+        hidden = (1, 383) if name == "triton" and _TRITON_INTERPRETED else BOUNDARY_H
+        for H in hidden:
+            for dtype in DTYPES:
+                params.append(pytest.param(name, H, dtype, marks=backend.marks, id=f"{name}-H{H}-{dtype_id(dtype)}"))
+    return params
+
+
+@pytest.mark.parametrize(("backend", "hidden", "dtype"), _boundary_params())
+@pytest.mark.parametrize("per_token", [False, True], ids=["per_sample", "per_token"])
+def test_adaln_boundary_hidden_sizes(backend, hidden, dtype, per_token):
+    check_backend(backend, dtype, batch=2, tokens=3, hidden=hidden, per_token=per_token, has_weight=True,
+                  has_bias=True)

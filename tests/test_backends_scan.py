@@ -254,3 +254,35 @@ def test_long_sequence(backend, bidirectional):
     case = ScanCase(batch=1, dim=3, length=length, N=4, bidirectional=bidirectional,
                     has_initial_state=not bidirectional, per_direction=frozenset({"A", "B"}))
     check_backend(case, torch.float32, backend)
+
+
+# Boundary cases of the kernels' blocking: CUDA chunks of 256/1024 steps (partial last chunks, one
+# step past), sequences beyond the 8192-step checkpoint range, N across warp/lane multiples up to
+# the CUDA limit of 64, and Triton's larger N. The CPU kernel is fast enough for the short ones;
+# interpreted Triton gets tiny ones; the long ones are selected for the GPU backends only.
+BOUNDARY_L = (1, 255, 256, 257, 1023, 1025, 3000, 9000)
+BOUNDARY_N = (1, 16, 33, 64)
+
+
+def _boundary_params():
+    params = []
+    for backend in BACKENDS:
+        name = backend.values[0]
+        if name == "cuda":
+            grid = [(L, N) for L in BOUNDARY_L for N in BOUNDARY_N]
+        elif name == "triton" and TRITON_INTERPRETED:
+            grid = [(1, 1), (17, 33), (9, 64)]
+        elif name == "triton":
+            grid = [(L, N) for L in BOUNDARY_L for N in BOUNDARY_N + (100, 256)]
+        else:  # cpu
+            grid = [(1, 1), (255, 33), (257, 1), (1025, 33), (256, 64)]
+        params += [pytest.param(name, L, N, marks=backend.marks, id=f"{name}-L{L}-N{N}") for L, N in grid]
+    return params
+
+
+@pytest.mark.parametrize(("backend", "length", "N"), _boundary_params())
+def test_scan_boundary_shapes(backend, length, N):
+    # dim 5: not a multiple of any channel block; z and per-direction A/B exercise every path.
+    check_backend(ScanCase(batch=1, dim=5, length=length, N=N, has_initial_state=True), torch.float32, backend)
+    check_backend(ScanCase(batch=1, dim=5, length=length, N=N, bidirectional=True,
+                           per_direction=frozenset({"A", "B"})), torch.float32, backend)
