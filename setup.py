@@ -48,6 +48,18 @@ def isa_flags_for(source: str) -> list[str]:
     return []
 
 
+def nvcc_flags(debug: bool = False) -> list[str]:
+    """The nvcc flags of the CUDA sources (also used by tests/test_cuda_compile.py's compile check)."""
+    return (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]) + [
+        "-std=c++17",
+        "--expt-relaxed-constexpr",
+        "--use_fast_math",
+        "-U__CUDA_NO_HALF_OPERATORS__",
+        "-U__CUDA_NO_HALF_CONVERSIONS__",
+        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    ]
+
+
 def relative_sources(pattern: str) -> list[str]:
     return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob(pattern))
 
@@ -89,14 +101,7 @@ def extension_modules():
     # at::parallel_for is an inline OpenMP loop in torch's headers: without -fopenmp it runs on one thread.
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     cxx_flags += ["-fvisibility=hidden"] + openmp
-    nvcc_flags = (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]) + [
-        "-std=c++17",
-        "--expt-relaxed-constexpr",
-        "--use_fast_math",
-        "-U__CUDA_NO_HALF_OPERATORS__",
-        "-U__CUDA_NO_HALF_CONVERSIONS__",
-        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-    ]
+    cuda_flags = nvcc_flags(debug)
     sources = relative_sources("**/*.cpp")
     cuda_sources = relative_sources("**/*.cu") if with_cuda else []
     isa_variants = sorted({s for src in sources for s in ISA_FLAGS if src.endswith(s)})
@@ -109,7 +114,7 @@ def extension_modules():
             "with_cuda": bool(cuda_sources),
             "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs" if cuda_sources else None),
             "cxx_flags": cxx_flags,
-            "nvcc_flags": nvcc_flags if cuda_sources else None,
+            "nvcc_flags": cuda_flags if cuda_sources else None,
             "isa_variants": [v.removeprefix("_").removesuffix(".cpp") for v in isa_variants],
             "debug": debug,
             "compiler_platform": platform.platform(),
@@ -121,7 +126,7 @@ def extension_modules():
     extension_class = CUDAExtension if cuda_sources else CppExtension
     compile_args = {"cxx": cxx_flags}
     if cuda_sources:
-        compile_args["nvcc"] = nvcc_flags
+        compile_args["nvcc"] = cuda_flags
     extension = extension_class(
         name="stmodels._C",
         sources=sources + cuda_sources,
@@ -177,10 +182,11 @@ def extension_modules():
     return [extension], {"build_ext": BuildWithIsaVariants.with_options(use_ninja=False)}
 
 
-ext_modules, cmdclass = extension_modules()
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import nvcc_flags from it
+    ext_modules, cmdclass = extension_modules()
 
-setup(
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    entry_points={"console_scripts": ["stmodels = stmodels.cli:main"]},
-)
+    setup(
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        entry_points={"console_scripts": ["stmodels = stmodels.cli:main"]},
+    )

@@ -1,8 +1,9 @@
 """GPU benchmark cases shared by bench_gpu.py (pytest-benchmark) and gpu_table.py (the short table
 that benchmarks/gpu_check.sh prints last).
 
-Each case is (name, shape label, implementation, callable, floor_seconds or None). Floors follow
-../specs/performance.md: bytes that must move (every input read once, every output written once)
+Each case is (name, shape label, implementation, callable, floor_seconds or None, forward): forward()
+gives the implementation's output, which gpu_table.py checks against the reference's before timing. Floors follow
+docs/performance.rst: bytes that must move (every input read once, every output written once)
 over the measured device-to-device copy bandwidth, and exponentials (batch*dim*L*N per direction)
 over the exp rate; the larger of the two.
 """
@@ -16,7 +17,7 @@ from benchmarks._shapes import ADALN_GPU, SCAN_GPU, SCAN_GPU_SPACETIME, SCAN_GPU
 from stmodels.ops import adaln_modulate, bi_selective_scan, selective_scan
 
 # H100 SXM special-function throughput for exp2 in float32 (16 per SM per clock, 132 SMs, ~1.83 GHz):
-# a spec figure, not a measurement; performance.md uses ~3.9e12/s.
+# a spec figure, not a measurement; docs/performance.rst uses ~3.9e12/s.
 EXP_PER_SECOND = 3.9e12
 SCAN_IMPLS = ("cuda", "triton", "reference")
 ADALN_IMPLS = ("cuda", "triton", "reference", "eager")
@@ -63,27 +64,43 @@ def _uni_twice_with_flips(impl):
     return run
 
 
-def scan_cases(bandwidth, modes=("fwd", "fwd+bwd")):
-    for label, shape in (("8x2048x2048 N16 bf16", SCAN_GPU), ("DIFFUMA spacetime L=2560", SCAN_GPU_SPACETIME),
-                         ("DIFFUMA time L=10", SCAN_GPU_TIME)):
-        tensors = scan_inputs(**shape, device="cuda")
-        floor = scan_floor(tensors, bandwidth)
-        impls = [(impl, lambda impl=impl, **t: bi_selective_scan(**t, backend=impl)) for impl in SCAN_IMPLS]
-        impls += [(f"{impl} uni x2 + flips", _uni_twice_with_flips(impl)) for impl in ("cuda", "triton")]
-        for impl, fn in impls:
+GPU_SCAN_SHAPES = (("8x2048x2048 N16 bf16", SCAN_GPU), ("DIFFUMA spacetime L=2560", SCAN_GPU_SPACETIME),
+                   ("DIFFUMA time L=10", SCAN_GPU_TIME))
+GPU_ADALN_SHAPE = ("8x2048x2048 bf16", ADALN_GPU)
+
+
+def scan_cases(bandwidth, modes=("fwd", "fwd+bwd"), device="cuda", shapes=GPU_SCAN_SHAPES, impls=SCAN_IMPLS,
+               flip_impls=("cuda", "triton")):
+    """Cases (op, label, impl, runner, floor, check); ``check()`` is the forward output (or None)."""
+    for label, shape in shapes:
+        tensors = scan_inputs(**shape, device=device)
+        floor = scan_floor(tensors, bandwidth) if bandwidth else None
+        runs = [(impl, lambda impl=impl, **t: bi_selective_scan(**t, backend=impl)) for impl in impls]
+        runs += [(f"{impl} uni x2 + flips", _uni_twice_with_flips(impl)) for impl in flip_impls]
+        for impl, fn in runs:
             for mode in modes:
-                yield f"bi_selective_scan {mode}", label, impl, _runner(fn, tensors, mode), floor if mode == "fwd" else None
+                yield (f"bi_selective_scan {mode}", label, impl, _runner(fn, tensors, mode),
+                       floor if mode == "fwd" else None, _output(fn, tensors))
 
 
-def adaln_cases(bandwidth, modes=("fwd", "fwd+bwd")):
+def adaln_cases(bandwidth, modes=("fwd", "fwd+bwd"), device="cuda", shape=GPU_ADALN_SHAPE, impls=ADALN_IMPLS):
+    """Cases (op, label, impl, runner, floor, check), as :func:`scan_cases`."""
     for form in ("per_sample", "per_token"):
-        tensors = adaln_inputs(**ADALN_GPU, device="cuda", per_token=form == "per_token")
-        floor = (_nbytes(tensors) + tensors["x"].numel() * tensors["x"].element_size()) / bandwidth
-        label = f"8x2048x2048 bf16 {form}"
-        for impl in ADALN_IMPLS:
+        tensors = adaln_inputs(**shape[1], device=device, per_token=form == "per_token")
+        floor = (_nbytes(tensors) + tensors["x"].numel() * tensors["x"].element_size()) / bandwidth if bandwidth else None
+        label = f"{shape[0]} {form}"
+        for impl in impls:
             fn = eager_adaln if impl == "eager" else (lambda impl=impl, **t: adaln_modulate(**t, backend=impl))
             for mode in modes:
-                yield f"adaln_modulate {mode}", label, impl, _runner(fn, tensors, mode), floor if mode == "fwd" else None
+                yield (f"adaln_modulate {mode}", label, impl, _runner(fn, tensors, mode),
+                       floor if mode == "fwd" else None, _output(fn, tensors))
+
+
+def _output(fn, tensors):
+    def forward():
+        with torch.no_grad():
+            return fn(**tensors)
+    return forward
 
 
 def _runner(fn, tensors, mode):

@@ -1,4 +1,4 @@
-"""Benchmark shapes of ../specs/performance.md and the inputs built from them."""
+"""Benchmark shapes of docs/performance.rst and the inputs built from them."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def adaln_inputs(batch, tokens, hidden, dtype, device="cpu", per_token=False, se
 def requiring_grad(tensors: dict) -> dict:
     return {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in tensors.items()}
 
-# GPU shapes of ../specs/performance.md. Scan: batch 8, dim 2048, L 2048, N 16, bfloat16; also the
+# GPU shapes of docs/performance.rst. Scan: batch 8, dim 2048, L 2048, N 16, bfloat16; also the
 # DIFFUMA shapes (scan="spacetime": L = T_in*H'*W' = 10*16*16 per sample; scan="time": L = 10 over
 # batch*H'*W' sequences). AdaLN: (8, 2048, 2048) bfloat16.
 SCAN_GPU = dict(batch=8, dim=2048, length=2048, N=16, dtype=torch.bfloat16)

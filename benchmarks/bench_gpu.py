@@ -1,4 +1,4 @@
-"""GPU benchmarks (skipped without CUDA): the shapes of ../specs/performance.md, cuda vs triton vs
+"""GPU benchmarks (skipped without CUDA): the shapes of docs/performance.rst, cuda vs triton vs
 reference vs eager and the two-call-with-flips form, grouped so implementations sit side by side.
 
 Run: `python -m pytest benchmarks/bench_gpu.py --benchmark-only` on a CUDA machine.
@@ -26,7 +26,7 @@ _CASES = _cases()
 
 @pytest.mark.parametrize("case", range(len(_CASES)), ids=[f"{c[0]}|{c[1]}|{c[2]}" for c in _CASES])
 def test_gpu(benchmark, case):
-    op, label, impl, fn, floor = _CASES[case]
+    op, label, impl, fn, floor, _ = _CASES[case]
     benchmark.group = f"{op} {label}"
     benchmark.extra_info["floor_ms"] = floor * 1e3 if floor else None
 

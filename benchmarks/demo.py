@@ -1,7 +1,7 @@
 """A short side-by-side run of the backends, for `make demo` (the benchmarks proper are the
 pytest-benchmark files next to this one; `make bench`).
 
-Times fwd+bwd at the CPU shapes of ../specs/performance.md, median of a few runs, in one process.
+Times fwd+bwd at the CPU shapes of docs/performance.rst, median of a few runs, in one process.
 """
 
 from __future__ import annotations

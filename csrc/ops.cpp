@@ -19,7 +19,8 @@
 //   bidirectional=true:  direction 0 forward, direction 1 backward in time; `reverse` must be false.
 //   Returns out (batch, dim, L) in u's dtype and last_state, float32: (batch, dim, N), or
 //   (2, batch, dim, N) when bidirectional.
-//   The backward returns one gradient per input, shaped and typed like that input; the gradient of
+//   The backward takes dout and, optionally, dlast_state (the gradient of last_state, its shape,
+//   float32; absent = zero) and returns one gradient per input, shaped and typed like that input; the gradient of
 //   an absent optional input is an empty float32 tensor.
 //
 //   adaln_fwd / _bwd
@@ -37,7 +38,7 @@ TORCH_LIBRARY(stmodels, m) {
       "Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, bool reverse, "
       "bool bidirectional) -> (Tensor out, Tensor last_state)");
   m.def(
-      "selective_scan_bwd(Tensor dout, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+      "selective_scan_bwd(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
       "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? initial_state, bool delta_softplus, "
       "bool reverse, bool bidirectional) -> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, "
       "Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, Tensor dinitial_state)");

@@ -1,4 +1,4 @@
-"""Naive float64 loops that restate the spec of ../specs/ops.md element by element.
+"""Naive float64 loops that restate the spec of docs/ops.rst element by element.
 
 They check the references, which in turn are the ground truth for every backend.
 """

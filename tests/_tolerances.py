@@ -1,6 +1,6 @@
 """The one tolerance table of the test suite, keyed by (op, dtype, "fwd" | "bwd").
 
-Every backend is judged by the rule of DESIGN.md, applied to every dtype: on the same inputs (rounded
+Every backend is judged by the rule of docs/testing.rst, applied to every dtype: on the same inputs (rounded
 to the dtype under test), the error of the backend against the reference run in float64 must stay
 within 2 x the error of the reference itself run in the dtype under test, plus the slack of this
 table. Errors are normwise, ``max|actual - expected| / max|expected|``, so a gradient summed over

@@ -10,7 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stmodels.ops import bi_selective_scan, selective_scan
+from stmodels.ops import selective_scan
+from stmodels.ops._backend import select_kernel
+from stmodels.ops.selective_scan.checks import canonical_scan_args
 from tests._backends import DTYPES, LOW_PRECISION, backend_params, device_for, dtype_id
 from tests._tolerances import assert_matches
 
@@ -92,17 +94,26 @@ def _cast(inputs, case: ScanCase, dtype):
     return {k: (v.to(dtype) if (v is not None and k in names) else v) for k, v in inputs.items()}
 
 
-def _run(case: ScanCase, inputs, backend, grad_out):
+def _run(case: ScanCase, inputs, backend, grad_out, grad_last):
+    """Output, last_state and the gradients of ``<out, grad_out> + <last_state, grad_last>``.
+
+    ``last_state`` is differentiable on every backend, so its gradient is part of every comparison.
+    ``bi_selective_scan`` does not return its per-direction states; they are reached through the
+    selected backend kernel on the same canonical arguments (the front door is a thin call of it).
+    """
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
     args = {k: leaves.get(k) for k in inputs}
     if case.bidirectional:
         args.pop("initial_state")
-        out = bi_selective_scan(**args, delta_softplus=case.softplus, backend=backend)
-        last = None
+        scan_args = canonical_scan_args("bi_selective_scan", **args, initial_state=None,
+                                        delta_softplus=case.softplus, reverse=False, bidirectional=True)
+        _, kernel = select_kernel(OP, backend, scan_args, scan_args.tensors(), "u")
+        out, last = kernel(scan_args)
     else:
         out, last = selective_scan(**args, delta_softplus=case.softplus, reverse=case.reverse,
                                    return_last_state=True, backend=backend)
-    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(out.dtype))
+    grads = torch.autograd.grad((out, last), list(leaves.values()),
+                                (grad_out.to(out.dtype), grad_last.to(last.dtype)))
     return out, last, dict(zip(leaves, grads))
 
 
@@ -112,16 +123,17 @@ def check_backend(case: ScanCase, dtype: torch.dtype, backend: str, seed: int = 
     generator = torch.Generator().manual_seed(seed)
     inputs32 = _make(case, dtype, device, generator)
     grad_out = torch.randn(case.batch, case.dim, case.length, generator=generator).to(dtype).to(device)
+    state_shape = ((2,) if case.bidirectional else ()) + (case.batch, case.dim, case.N)
+    grad_last = torch.randn(state_shape, generator=generator).to(device)
     inputs = _cast(inputs32, case, dtype) if dtype in LOW_PRECISION else inputs32
     inputs64 = {k: None if v is None else v.double() for k, v in inputs.items()}
-    expected = _run(case, inputs64, "reference", grad_out.double())
-    in_dtype = _run(case, inputs, "reference", grad_out)
-    actual = _run(case, inputs, backend, grad_out)
+    expected = _run(case, inputs64, "reference", grad_out.double(), grad_last.double())
+    in_dtype = _run(case, inputs, "reference", grad_out, grad_last)
+    actual = _run(case, inputs, backend, grad_out, grad_last)
     assert actual[0].dtype == dtype and actual[0].shape == expected[0].shape
     assert_matches(OP, dtype, "fwd", "out", actual[0], expected[0], in_dtype[0])
-    if actual[1] is not None:
-        assert actual[1].dtype == torch.float32
-        assert_matches(OP, dtype, "fwd", "last_state", actual[1], expected[1], in_dtype[1])
+    assert actual[1].dtype == torch.float32 and actual[1].shape == expected[1].shape
+    assert_matches(OP, dtype, "fwd", "last_state", actual[1], expected[1], in_dtype[1])
     for name, grad in actual[2].items():
         assert grad.shape == inputs[name].shape and grad.dtype == inputs[name].dtype, name
         assert_matches(OP, dtype, "bwd", f"d{name}", grad, expected[2][name], in_dtype[2][name])
@@ -242,3 +254,35 @@ def test_long_sequence(backend, bidirectional):
     case = ScanCase(batch=1, dim=3, length=length, N=4, bidirectional=bidirectional,
                     has_initial_state=not bidirectional, per_direction=frozenset({"A", "B"}))
     check_backend(case, torch.float32, backend)
+
+
+# Boundary cases of the kernels' blocking: CUDA chunks of 256/1024 steps (partial last chunks, one
+# step past), sequences beyond the 8192-step checkpoint range, N across warp/lane multiples up to
+# the CUDA limit of 64, and Triton's larger N. The CPU kernel is fast enough for the short ones;
+# interpreted Triton gets tiny ones; the long ones are selected for the GPU backends only.
+BOUNDARY_L = (1, 255, 256, 257, 1023, 1025, 3000, 9000)
+BOUNDARY_N = (1, 16, 33, 64)
+
+
+def _boundary_params():
+    params = []
+    for backend in BACKENDS:
+        name = backend.values[0]
+        if name == "cuda":
+            grid = [(L, N) for L in BOUNDARY_L for N in BOUNDARY_N]
+        elif name == "triton" and TRITON_INTERPRETED:
+            grid = [(1, 1), (17, 33), (9, 64)]
+        elif name == "triton":
+            grid = [(L, N) for L in BOUNDARY_L for N in BOUNDARY_N + (100, 256)]
+        else:  # cpu
+            grid = [(1, 1), (255, 33), (257, 1), (1025, 33), (256, 64)]
+        params += [pytest.param(name, L, N, marks=backend.marks, id=f"{name}-L{L}-N{N}") for L, N in grid]
+    return params
+
+
+@pytest.mark.parametrize(("backend", "length", "N"), _boundary_params())
+def test_scan_boundary_shapes(backend, length, N):
+    # dim 5: not a multiple of any channel block; z and per-direction A/B exercise every path.
+    check_backend(ScanCase(batch=1, dim=5, length=length, N=N, has_initial_state=True), torch.float32, backend)
+    check_backend(ScanCase(batch=1, dim=5, length=length, N=N, bidirectional=True,
+                           per_direction=frozenset({"A", "B"})), torch.float32, backend)

@@ -122,6 +122,7 @@ def test_copy_last_frame_repeats_the_last_input():
         model(torch.rand(2, 4, 1, 8, 8))
 
 
+@pytest.mark.slow
 def test_main_job_example_runs_end_to_end_on_a_tiny_budget(tmp_path):
     out = tmp_path / "demo"
     command = [sys.executable, str(REPO / "examples" / "diffuma_chdl.py"), "--steps", "2", "--size", "16",
@@ -142,6 +143,7 @@ def test_main_job_example_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert [r["mse"] for r in rerun] == [r["mse"] for r in rows]
 
 
+@pytest.mark.slow
 def test_custom_predictor_example_composes_blocks_and_trains():
     result = subprocess.run([sys.executable, str(REPO / "examples" / "custom_predictor.py"), "--steps", "3"],
                             capture_output=True, text=True, timeout=300)

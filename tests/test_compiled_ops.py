@@ -9,6 +9,13 @@ import torch
 from stmodels.ops import adaln_modulate, bi_selective_scan, selective_scan
 from stmodels.ops.adaln.checks import canonical_adaln_args
 from stmodels.ops.selective_scan.checks import canonical_scan_args
+from tests._backends import backend_params, device_for
+
+BACKENDS = backend_params("cpu", "cuda", "triton")
+
+
+def _to(device, tensors: dict) -> dict:
+    return {k: v.to(device) for k, v in tensors.items()}
 
 pytestmark = pytest.mark.needs_ext
 
@@ -51,8 +58,8 @@ def test_opcheck_selective_scan(name):
     inputs = [t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
               for t in _opcheck_args(args)]
     torch.library.opcheck(torch.ops.stmodels.selective_scan_fwd.default, tuple(inputs))
-    out = torch.ops.stmodels.selective_scan_fwd(*[t.detach() if isinstance(t, torch.Tensor) else t for t in inputs])[0]
-    bwd_inputs = (torch.randn_like(out),) + tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
+    out, last = torch.ops.stmodels.selective_scan_fwd(*[t.detach() if isinstance(t, torch.Tensor) else t for t in inputs])
+    bwd_inputs = (torch.randn_like(out), torch.randn_like(last)) + tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
     torch.library.opcheck(torch.ops.stmodels.selective_scan_bwd.default, bwd_inputs)
 
 
@@ -71,20 +78,22 @@ def test_opcheck_adaln(per_token, affine):
                           (torch.randn_like(out), x, scale, weight, bias, mean, rstd, per_token))
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("backend", backend_params("cpu", "cuda"))
+def test_torch_compile_fullgraph_forward_and_backward(backend):
     torch._dynamo.reset()
+    device = device_for(backend)
 
     def step(u, delta, A, B, C, D, z, delta_bias, x, shift, scale):
-        y = bi_selective_scan(u, delta, A, B, C, D, z, delta_bias, backend="cpu")
-        y2 = selective_scan(u[0], delta[0], A[0], B[0], C[0], D[0], z, delta_bias[0], True, backend="cpu")
-        h = adaln_modulate(x, shift, scale, backend="cpu")
+        y = bi_selective_scan(u, delta, A, B, C, D, z, delta_bias, backend=backend)
+        y2 = selective_scan(u[0], delta[0], A[0], B[0], C[0], D[0], z, delta_bias[0], True, backend=backend)
+        h = adaln_modulate(x, shift, scale, backend=backend)
         return y.sum() + y2.square().sum() + h.square().sum()
 
-    tensors = scan_tensors(bi=True)
+    tensors = _to(device, scan_tensors(bi=True))
     leaves = {k: v.requires_grad_(True) for k, v in tensors.items()}
-    x = torch.randn(2, 5, 16, requires_grad=True)
-    shift = torch.randn(2, 16, requires_grad=True)
-    scale = torch.randn(2, 16, requires_grad=True)
+    x = torch.randn(2, 5, 16, device=device, requires_grad=True)
+    shift = torch.randn(2, 16, device=device, requires_grad=True)
+    scale = torch.randn(2, 16, device=device, requires_grad=True)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     loss = compiled(*leaves.values(), x, shift, scale)
     loss.backward()
@@ -96,21 +105,22 @@ def test_torch_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(compiled_grad, eager)
 
 
-def test_bi_equals_two_calls_with_flips_cpu():
-    t = scan_tensors(bi=True, groups=2, batch=3)
-    out = bi_selective_scan(**t, backend="cpu")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bi_equals_two_calls_with_flips(backend):
+    t = _to(device_for(backend), scan_tensors(bi=True, groups=2, batch=3))
+    out = bi_selective_scan(**t, backend=backend)
     y_fwd = selective_scan(t["u"][0], t["delta"][0], t["A"][0], t["B"][0], t["C"][0], t["D"][0], None,
-                           t["delta_bias"][0], True, backend="cpu")
+                           t["delta_bias"][0], True, backend=backend)
     flip = lambda x: x.flip(-1)  # noqa: E731
     y_bwd = flip(selective_scan(flip(t["u"][1]), flip(t["delta"][1]), t["A"][1], flip(t["B"][1]), flip(t["C"][1]),
-                                t["D"][1], None, t["delta_bias"][1], True, backend="cpu"))
+                                t["D"][1], None, t["delta_bias"][1], True, backend=backend))
     torch.testing.assert_close(out, (y_fwd + y_bwd) * torch.nn.functional.silu(t["z"]), rtol=1e-5, atol=1e-5)
 
 
-def _scan_grads(tensors, bi):
+def _scan_grads(tensors, bi, backend="cpu"):
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in tensors.items()}
     fn = bi_selective_scan if bi else selective_scan
-    out = fn(**leaves, delta_softplus=True, backend="cpu")
+    out = fn(**leaves, delta_softplus=True, backend=backend)
     grads = torch.autograd.grad(out, list(leaves.values()), torch.ones_like(out))
     return [out, *grads]
 
@@ -127,6 +137,26 @@ def test_scan_results_do_not_depend_on_thread_count(bi):
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bi", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_calls_are_bitwise_identical(backend, bi):
+    """Every backend is deterministic: the same call twice gives the same bits, outputs and gradients."""
+    device = device_for(backend)
+    tensors = _to(device, scan_tensors(batch=2, dim=9, length=21, bi=bi, groups=3))
+    for a, b in zip(_scan_grads(tensors, bi, backend), _scan_grads(tensors, bi, backend)):
+        assert torch.equal(a, b)
+    x, shift, scale = (torch.randn(*s, device=device) for s in ((3, 70, 40), (3, 40), (3, 40)))
+    weight, bias = torch.randn(40, device=device), torch.randn(40, device=device)
+
+    def run():
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, shift, scale, weight, bias)]
+        out = adaln_modulate(*leaves, backend=backend)
+        return [out, *torch.autograd.grad(out, leaves, torch.ones_like(out))]
+
+    for a, b in zip(run(), run()):
         assert torch.equal(a, b)
 
 
@@ -151,26 +181,32 @@ def test_adaln_results_do_not_depend_on_thread_count():
         assert torch.equal(a, b)
 
 
-def test_non_contiguous_inputs_equal_contiguous():
-    t = scan_tensors(batch=2, dim=5, length=9)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs_equal_contiguous(backend):
+    device = device_for(backend)
+    t = _to(device, scan_tensors(batch=2, dim=5, length=9))
     strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v.dim() >= 2 else v) for k, v in t.items()}
     assert not strided["u"].is_contiguous()
-    torch.testing.assert_close(selective_scan(**strided, backend="cpu"), selective_scan(**t, backend="cpu"))
-    x = torch.randn(2, 16, 6).transpose(1, 2)
-    shift, scale = torch.randn(16, 2).t(), torch.randn(16, 2).t()
-    torch.testing.assert_close(adaln_modulate(x, shift, scale, backend="cpu"),
-                               adaln_modulate(x.contiguous(), shift.contiguous(), scale.contiguous(), backend="cpu"))
+    torch.testing.assert_close(selective_scan(**strided, backend=backend), selective_scan(**t, backend=backend))
+    x = torch.randn(2, 16, 6, device=device).transpose(1, 2)
+    shift, scale = torch.randn(16, 2, device=device).t(), torch.randn(16, 2, device=device).t()
+    torch.testing.assert_close(adaln_modulate(x, shift, scale, backend=backend),
+                               adaln_modulate(x.contiguous(), shift.contiguous(), scale.contiguous(), backend=backend))
 
 
-def test_nan_propagates_like_the_reference():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates_like_the_reference(backend):
+    device = device_for(backend)
     t = scan_tensors(batch=1, dim=3, length=8)
     t["u"][0, 1, 4] = float("nan")
-    out = selective_scan(**t, delta_softplus=True, backend="cpu")
+    t = _to(device, t)
+    out = selective_scan(**t, delta_softplus=True, backend=backend)
     ref = selective_scan(**t, delta_softplus=True, backend="reference")
     assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any()
     x = torch.randn(2, 3, 8)
     x[1, 2, 5] = float("inf")
-    shift, scale = torch.randn(2, 8), torch.randn(2, 8)
-    out = adaln_modulate(x, shift, scale, backend="cpu")
+    x = x.to(device)
+    shift, scale = torch.randn(2, 8, device=device), torch.randn(2, 8, device=device)
+    out = adaln_modulate(x, shift, scale, backend=backend)
     ref = adaln_modulate(x, shift, scale, backend="reference")
     assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[1, 2]).all()

@@ -1,4 +1,4 @@
-"""Every bad-input case of ../specs/ops.md gives a clear error naming the argument."""
+"""Every bad-input case of docs/ops.rst gives a clear error naming the argument."""
 
 from __future__ import annotations
 
@@ -137,3 +137,41 @@ def test_cuda_scan_state_size_limit_matches_the_kernel():
 
     source = (Path(__file__).resolve().parents[1] / "csrc" / "selective_scan" / "scan_cuda_common.cuh").read_text()
     assert re.search(r"constexpr int kMaxN = (\d+);", source).group(1) == str(CUDA_MAX_STATE_SIZE)
+
+
+def _small_scan(device="cpu"):
+    def make(*shape):
+        return torch.randn(*shape, device=device)
+
+    return make(2, 4, 5), make(2, 4, 5), -make(4, 3).abs(), make(2, 3, 5), make(2, 3, 5)
+
+
+def test_meta_tensors_get_the_device_error():
+    """Meta inputs reach backend selection (no autocast failure) and are told about the device."""
+    with pytest.raises(BackendNotSupportedError, match=r"`u` is on meta"):
+        selective_scan(*_small_scan("meta"))
+    with pytest.raises(BackendNotSupportedError, match=r"(?s)^bi_selective_scan: .*`u` is on meta"):
+        bi_selective_scan(*_small_scan("meta"))
+
+
+def test_bi_selective_scan_errors_name_bi_selective_scan():
+    with pytest.raises(BackendNotSupportedError, match=r"^bi_selective_scan: backend 'cuda'"):
+        bi_selective_scan(*_small_scan(), backend="cuda")
+    with pytest.raises(ValueError, match=r"^bi_selective_scan: unknown backend"):
+        bi_selective_scan(*_small_scan(), backend="bogus")
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_return_last_state_must_be_a_bool(value):
+    with pytest.raises(TypeError, match=r"selective_scan: `return_last_state` must be a bool"):
+        selective_scan(*_small_scan(), return_last_state=value)
+
+
+def test_delta_softplus_defaults_are_the_documented_ones():
+    """selective_scan keeps mamba_ssm's default (False); bi_selective_scan defaults to True, as documented."""
+    import inspect
+
+    assert inspect.signature(selective_scan).parameters["delta_softplus"].default is False
+    assert inspect.signature(bi_selective_scan).parameters["delta_softplus"].default is True
+    args = _small_scan()
+    torch.testing.assert_close(bi_selective_scan(*args), bi_selective_scan(*args, delta_softplus=True))

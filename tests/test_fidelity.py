@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     out = tmp_path / "results"
     command = [sys.executable, str(REPO / "benchmarks" / "fidelity" / "run.py"), "--steps", "1", "--only",

@@ -189,6 +189,7 @@ trainer.context.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(tests=str(REPO / "tests")))

@@ -89,10 +89,10 @@ def test_opcheck_triton_scan_ops(name):
                    for t in _op_inputs(args, 4))  # chunks of 4: L = 6 spans 2
     torch.library.opcheck(torch.ops.stmodels_triton.scan_fwd.default, inputs)
     detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inputs)
-    out, _, states = torch.ops.stmodels_triton.scan_fwd(*detached)
+    out, last, states = torch.ops.stmodels_triton.scan_fwd(*detached)
     tensor_args, flags = detached[:9], detached[9:]
     torch.library.opcheck(torch.ops.stmodels_triton.scan_bwd.default,
-                          (torch.randn_like(out), *tensor_args, states, *flags))
+                          (torch.randn_like(out), torch.randn_like(last), *tensor_args, states, *flags))
 
 
 def _out_and_grads(tensors, bi, seed=1):

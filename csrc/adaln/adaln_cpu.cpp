@@ -25,6 +25,7 @@
 #include <optional>
 #include <tuple>
 
+#include "adaln_checks.h"
 #include "adaln_params.h"
 
 #ifndef _OPENMP
@@ -162,64 +163,10 @@ int64_t grain_blocks(const Blocking& bl) {
   return std::max<int64_t>(1, kMinTaskElems / per_block);
 }
 
-// ---- validation ---------------------------------------------------------------------------------
-DType dtype_of(const Tensor& x, const char* op) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return kFloat32;
-    case at::kHalf: return kFloat16;
-    case at::kBFloat16: return kBFloat16;
-    default:
-      TORCH_CHECK(false, op, ": x must be float32, float16 or bfloat16, got ", x.scalar_type());
-  }
-}
-
-void check_cpu(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got one on ",
-              t.device());
-}
-
-void check_like(const Tensor& t, const Tensor& x, at::IntArrayRef shape, const char* op,
-                const char* name, const char* shape_desc) {
-  check_cpu(t, op, name);
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape_desc, " = ", shape,
-              ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (",
-              x.scalar_type(), "), got ", t.scalar_type());
-}
-
-// weight/bias: (H,) float32; returns a contiguous tensor or nullopt.
-std::optional<Tensor> check_affine(const std::optional<Tensor>& t, int64_t H, const char* op,
-                                   const char* name) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  check_cpu(*t, op, name);
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == H, op, ": ", name, " must have shape (H,) = (", H,
-              ",), got ", t->sizes());
-  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
-              t->scalar_type());
-  return t->contiguous();
-}
-
-void check_x(const Tensor& x, const char* op) {
-  check_cpu(x, op, "x");
-  TORCH_CHECK(x.dim() == 3, op, ": x must have shape (batch, S, H), got ", x.sizes());
-  dtype_of(x, op);
-}
-
-// shift/scale: both (batch, H) or both (batch, S, H); returns whether they are per token.
-bool check_mod(const Tensor& t, const Tensor& x, const char* op, const char* name,
-               std::optional<bool> per_token) {
-  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
-  const bool pt = per_token.has_value() ? *per_token : t.dim() == 3;
-  if (pt) {
-    check_like(t, x, {B, S, H}, op, name,
-               per_token.has_value() ? "(batch, S, H) (shift_per_token=true)" : "(batch, S, H)");
-  } else {
-    check_like(t, x, {B, H}, op, name,
-               per_token.has_value() ? "(batch, H) (shift_per_token=false)"
-                                     : "(batch, H) [or (batch, S, H), per token]");
-  }
-  return pt;
+// ---- validation: adaln_checks.h -----------------------------------------------------------------
+DType dtype_of(const Tensor& x) {
+  return x.scalar_type() == at::kHalf ? kFloat16 : x.scalar_type() == at::kBFloat16 ? kBFloat16
+                                                                                     : kFloat32;
 }
 
 // ---- ops ----------------------------------------------------------------------------------------
@@ -227,18 +174,12 @@ std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cpu(const Tensor& x_, const Tensor&
                                                  const Tensor& scale_,
                                                  const std::optional<Tensor>& weight_,
                                                  const std::optional<Tensor>& bias_, double eps) {
-  constexpr const char* op = "adaln_fwd";
-  check_x(x_, op);
-  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
-  const bool per_token = check_mod(shift_, x_, op, "shift", std::nullopt);
-  TORCH_CHECK(scale_.sizes() == shift_.sizes(), op, ": scale must have the shape of shift (",
-              shift_.sizes(), "), got ", scale_.sizes());
-  check_mod(scale_, x_, op, "scale", per_token);
-  const auto weight = check_affine(weight_, H, op, "weight");
-  const auto bias = check_affine(bias_, H, op, "bias");
-
-  // The front door passes contiguous tensors; these are no-ops then, and keep a direct call safe.
-  const Tensor x = x_.contiguous(), shift = shift_.contiguous(), scale = scale_.contiguous();
+  const adaln_checks::FwdInputs in =
+      adaln_checks::check_fwd(x_, shift_, scale_, weight_, bias_, at::kCPU);
+  const Tensor &x = in.x, &shift = in.shift, &scale = in.scale;
+  const auto &weight = in.weight, &bias = in.bias;
+  const bool per_token = in.per_token;
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   Tensor out = at::empty(x.sizes(), x.options());
   Tensor mean = at::empty({B, S}, x.options().dtype(at::kFloat));
   Tensor rstd = at::empty({B, S}, x.options().dtype(at::kFloat));
@@ -250,7 +191,7 @@ std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cpu(const Tensor& x_, const Tensor&
 
   FwdArgs a{};
   a.blk = make_blocking(B, S, H, kFwdTargetBlocks);
-  a.dtype = dtype_of(x, op);
+  a.dtype = dtype_of(x);
   a.per_token = per_token;
   a.eps = static_cast<float>(eps);
   a.x = x.data_ptr();
@@ -275,25 +216,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
     const Tensor& dout_, const Tensor& x_, const Tensor& scale_,
     const std::optional<Tensor>& weight_, const std::optional<Tensor>& bias_,
     const Tensor& mean_, const Tensor& rstd_, bool shift_per_token) {
-  constexpr const char* op = "adaln_bwd";
-  check_x(x_, op);
-  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
-  check_like(dout_, x_, x_.sizes(), op, "dout", "(batch, S, H), as x,");
-  check_mod(scale_, x_, op, "scale", shift_per_token);
-  const auto weight = check_affine(weight_, H, op, "weight");
-  const auto bias = check_affine(bias_, H, op, "bias");
-  const auto check_stat = [&](const Tensor& t, const char* name) {
-    check_cpu(t, op, name);
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == S, op, ": ", name,
-                " must have shape (batch, S) = (", B, ", ", S, "), got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
-                t.scalar_type());
-  };
-  check_stat(mean_, "mean");
-  check_stat(rstd_, "rstd");
-
-  const Tensor dout = dout_.contiguous(), x = x_.contiguous(), scale = scale_.contiguous();
-  const Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  const adaln_checks::BwdInputs in = adaln_checks::check_bwd(
+      dout_, x_, scale_, weight_, bias_, mean_, rstd_, shift_per_token, at::kCPU);
+  const Tensor &dout = in.dout, &x = in.x, &scale = in.scale, &mean = in.mean, &rstd = in.rstd;
+  const auto &weight = in.weight, &bias = in.bias;
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   const auto f32 = x.options().dtype(at::kFloat);
   Tensor dx = at::empty(x.sizes(), x.options());
   Tensor dshift = at::empty(scale.sizes(), x.options());
@@ -304,7 +231,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
 
   BwdArgs a{};
   a.blk = make_blocking(B, S, H, kBwdTargetBlocks);
-  a.dtype = dtype_of(x, op);
+  a.dtype = dtype_of(x);
   a.per_token = shift_per_token;
   a.dout = dout.data_ptr();
   a.x = x.data_ptr();

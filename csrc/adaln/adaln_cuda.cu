@@ -10,7 +10,7 @@
 // c = t + j*T (j < kC) of W consecutive elements: W = 16 bytes / sizeof(dtype) (8 halves or 4
 // floats: one ld/st.global.v4) when H is a multiple of W and every pointer is 16-byte aligned, else
 // W = 1 (scalar loads, still coalesced). The row stays in registers: kC = fwd_chunks(W) /
-// fwd_token_chunks(W) / bwd_chunks(W) (adaln_cuda.cuh): 16 floats per thread in the per-sample
+// fwd_token_chunks(W) / bwd_chunks(W) (adaln_cuda_common.cuh): 16 floats per thread in the per-sample
 // forward, 8 in the per-token forward (which also holds shift/scale) and in the backward, so
 // T = roundup32(H / 16) or roundup32(H / 8): a warp per row up to H = 512 / 256; H = 2048 gets 128
 // / 256 threads. Longer rows (per-sample forward H > 8192, otherwise H > 4096) take an uncached
@@ -59,7 +59,10 @@
 #include <optional>
 #include <tuple>
 
-#include "adaln_cuda.cuh"
+#include "adaln_checks.h"
+#include "adaln_cuda_bwd.cuh"
+#include "adaln_cuda_common.cuh"
+#include "adaln_cuda_fwd.cuh"
 
 namespace stmodels {
 namespace adaln {
@@ -176,59 +179,10 @@ void launch_bwd(const Config& c, const BwdParams& p, cudaStream_t stream) {
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)    \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
-// ---- validation (the messages of adaln_cpu.cpp, with CUDA devices) -----------------------------
-void check_dev(const Tensor& t, const Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ",
-              t.device());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on the device of x (",
-              x.device(), "), got ", t.device());
-}
-
-void check_x(const Tensor& x, const char* op) {
-  TORCH_CHECK(x.defined(), op, ": x is undefined");
-  TORCH_CHECK(x.device().is_cuda(), op, ": x must be a CUDA tensor, got one on ", x.device());
-  TORCH_CHECK(x.dim() == 3, op, ": x must have shape (batch, S, H), got ", x.sizes());
-  const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, op,
-              ": x must be float32, float16 or bfloat16, got ", st);
+// ---- validation: adaln_checks.h, plus this backend's limit on H ---------------------------------
+void check_cuda_limits(const Tensor& x, const char* op) {
   TORCH_CHECK(x.size(2) <= std::numeric_limits<int>::max() / 2, op, ": H = ", x.size(2),
               " is too large");
-}
-
-void check_like(const Tensor& t, const Tensor& x, at::IntArrayRef shape, const char* op,
-                const char* name, const char* shape_desc) {
-  check_dev(t, x, op, name);
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape_desc, " = ", shape,
-              ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have the dtype of x (",
-              x.scalar_type(), "), got ", t.scalar_type());
-}
-
-std::optional<Tensor> check_affine(const std::optional<Tensor>& t, const Tensor& x, int64_t H,
-                                   const char* op, const char* name) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  check_dev(*t, x, op, name);
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == H, op, ": ", name, " must have shape (H,) = (", H,
-              ",), got ", t->sizes());
-  TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
-              t->scalar_type());
-  return t->contiguous();
-}
-
-bool check_mod(const Tensor& t, const Tensor& x, const char* op, const char* name,
-               std::optional<bool> per_token) {
-  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
-  const bool pt = per_token.has_value() ? *per_token : t.dim() == 3;
-  if (pt) {
-    check_like(t, x, {B, S, H}, op, name,
-               per_token.has_value() ? "(batch, S, H) (shift_per_token=true)" : "(batch, S, H)");
-  } else {
-    check_like(t, x, {B, H}, op, name,
-               per_token.has_value() ? "(batch, H) (shift_per_token=false)"
-                                     : "(batch, H) [or (batch, S, H), per token]");
-  }
-  return pt;
 }
 
 const float* ptr_or_null(const std::optional<Tensor>& t) {
@@ -240,18 +194,14 @@ std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cuda(const Tensor& x_, const Tensor
                                                   const Tensor& scale_,
                                                   const std::optional<Tensor>& weight_,
                                                   const std::optional<Tensor>& bias_, double eps) {
-  constexpr const char* op = "adaln_fwd";
-  check_x(x_, op);
-  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
-  const bool per_token = check_mod(shift_, x_, op, "shift", std::nullopt);
-  TORCH_CHECK(scale_.sizes() == shift_.sizes(), op, ": scale must have the shape of shift (",
-              shift_.sizes(), "), got ", scale_.sizes());
-  check_mod(scale_, x_, op, "scale", per_token);
+  const adaln_checks::FwdInputs in =
+      adaln_checks::check_fwd(x_, shift_, scale_, weight_, bias_, at::kCUDA);
+  check_cuda_limits(in.x, "adaln_fwd");
   const c10::cuda::CUDAGuard guard(x_.device());
-  const auto weight = check_affine(weight_, x_, H, op, "weight");
-  const auto bias = check_affine(bias_, x_, H, op, "bias");
-
-  const Tensor x = x_.contiguous(), shift = shift_.contiguous(), scale = scale_.contiguous();
+  const Tensor &x = in.x, &shift = in.shift, &scale = in.scale;
+  const auto &weight = in.weight, &bias = in.bias;
+  const bool per_token = in.per_token;
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   Tensor out = at::empty(x.sizes(), x.options());
   Tensor mean = at::empty({B, S}, x.options().dtype(at::kFloat));
   Tensor rstd = at::empty({B, S}, x.options().dtype(at::kFloat));
@@ -293,26 +243,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cuda(
     const Tensor& dout_, const Tensor& x_, const Tensor& scale_,
     const std::optional<Tensor>& weight_, const std::optional<Tensor>& bias_,
     const Tensor& mean_, const Tensor& rstd_, bool shift_per_token) {
-  constexpr const char* op = "adaln_bwd";
-  check_x(x_, op);
-  const int64_t B = x_.size(0), S = x_.size(1), H = x_.size(2);
-  check_like(dout_, x_, x_.sizes(), op, "dout", "(batch, S, H), as x,");
-  check_mod(scale_, x_, op, "scale", shift_per_token);
+  const adaln_checks::BwdInputs in = adaln_checks::check_bwd(
+      dout_, x_, scale_, weight_, bias_, mean_, rstd_, shift_per_token, at::kCUDA);
+  check_cuda_limits(in.x, "adaln_bwd");
   const c10::cuda::CUDAGuard guard(x_.device());
-  const auto weight = check_affine(weight_, x_, H, op, "weight");
-  const auto bias = check_affine(bias_, x_, H, op, "bias");
-  const auto check_stat = [&](const Tensor& t, const char* name) {
-    check_dev(t, x_, op, name);
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == S, op, ": ", name,
-                " must have shape (batch, S) = (", B, ", ", S, "), got ", t.sizes());
-    TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
-                t.scalar_type());
-  };
-  check_stat(mean_, "mean");
-  check_stat(rstd_, "rstd");
-
-  const Tensor dout = dout_.contiguous(), x = x_.contiguous(), scale = scale_.contiguous();
-  const Tensor mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  const Tensor &dout = in.dout, &x = in.x, &scale = in.scale, &mean = in.mean, &rstd = in.rstd;
+  const auto &weight = in.weight, &bias = in.bias;
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   const auto f32 = x.options().dtype(at::kFloat);
   Tensor dx = at::empty(x.sizes(), x.options());
   Tensor dshift = at::empty(scale.sizes(), x.options());

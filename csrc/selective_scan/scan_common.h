@@ -48,6 +48,7 @@ struct ScanParams {
 
   // Backward.
   const void* dout = nullptr;
+  const float* dlast = nullptr;                     // d(last_state): (ndir, batch, dim, N) or null
   void* du = nullptr;      int64_t du_ds = 0;       // like u
   void* ddelta = nullptr;  int64_t ddelta_ds = 0;   // like delta
   void* dz = nullptr;                               // like z, or null

@@ -4,7 +4,7 @@
 // h_s = a_s h_{s-1} + dt_s B_s u_s is g_s = c_s + a_{s+1} g_{s+1}. With q_s = a_s g_s (the gradient
 // that flows into h_{s-1}) this is the linear recurrence q_s = a_s q_{s+1} + a_s c_s, scanned in
 // reversed position order by the same block scan as the forward, no shifted operand needed;
-// g_s = c_s + q_{s+1}, and dinitial_state = q_0.
+// g_s = c_s + q_{s+1}, q_L = d(last_state) (zero when absent), and dinitial_state = q_0.
 //   dA     += g a h_{s-1} dt            ddt = sum_n g (B u + A a h_{s-1})
 //   dB_s   += g dt u                    du  = dt sum_n g B + D dy
 //   dC_s   += h_s dy                    dD += dy u,   ddelta = ddt f'(x),   dbias += ddelta
@@ -238,7 +238,10 @@ __global__ void __launch_bounds__(128) scan_bwd_kernel(Params p) {
     const bool rev = p.ndir == 2 ? (k == 1) : p.reverse;
     for (int64_t d = d_begin; d < d_end; ++d) {
       const int64_t bd = b * p.dim + d;
-      for (int n = tid; n < N; n += nthr) p.qbuf[(((nchunks - 1) & 1) * BD + bd) * N + n] = 0.0f;
+      // The carry entering the last chunk is d(last_state): g_{L-1} = c_{L-1} + dlast (padding
+      // positions past L have dt = 0, a = 1, c = 0 and pass it through unchanged).
+      for (int n = tid; n < N; n += nthr)
+        p.qbuf[(((nchunks - 1) & 1) * BD + bd) * N + n] = p.dlast ? p.dlast[(k * BD + bd) * N + n] : 0.0f;
       fwd_channel<K, kStates, input_t, false>(p, k, b, d, nullptr, p.ckpt + bd * nchunks * N, sm,
                                               parity);  // ends with __syncthreads
     }

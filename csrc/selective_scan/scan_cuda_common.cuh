@@ -42,6 +42,7 @@ struct Params {
 
   // Backward.
   const void* dout = nullptr;          // (batch, dim, L), input_t
+  const float* dlast = nullptr;        // d(last_state): (ndir, batch, dim, N), or null (zero)
   void* du = nullptr;                  // like u
   void* ddelta = nullptr;              // like delta
   void* dz = nullptr;                  // like z, or null

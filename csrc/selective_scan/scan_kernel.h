@@ -187,12 +187,14 @@ struct BwdBufs {
   Adj* adj;  // nv entries
 };
 
-// Backward of one direction. h: the initial state (Np floats; zeros when none). Writes
+// Backward of one direction. h: the initial state (Np floats; zeros when none). dlast: the
+// gradient of the final state (N floats) or null; it enters as the adjoint after the last step
+// (g = dlast, with a unit decay so that the first adjoint step adds C dy to it). Writes
 // sGB[t] = sum_n g.B, sGX[t] = sum_n g.(B u + A dA h_prev) and, when yacc, yacc[t] += y_t.
 // The Adj entries hold, on return, g_0, exp(dt_0 A) and the dA/dB/dC sums of this direction.
 template <bool kVarB, bool kVarC>
-inline void scan_bwd(const ScanParams& p, const Chan& c, bool rev, float* h, float* yacc,
-                     float* sGB, float* sGX, BwdBufs& w) {
+inline void scan_bwd(const ScanParams& p, const Chan& c, bool rev, float* h, const float* dlast,
+                     float* yacc, float* sGB, float* sGX, BwdBufs& w) {
   const int64_t L = p.L, T = bwd_chunk(p), Np = p.Np, nv = Np / W;
   const int64_t nchunks = (L + T - 1) / T;
   const int tail = (int)(p.N - (nv - 1) * W);
@@ -201,6 +203,14 @@ inline void scan_bwd(const ScanParams& p, const Chan& c, bool rev, float* h, flo
   if (nchunks > 1) scan_fwd(p, c, rev, T, h, w.ckpt, yacc, w.rowsy);  // checkpoints (+ y)
   const bool rows_y = yacc && nchunks == 1;                         // else y came from above
   for (int64_t j = 0; j < nv; ++j) w.adj[j] = Adj{V::zero(), V::zero(), V::zero(), V::zero(), V::zero()};
+  if (dlast) {
+    alignas(64) float lanes[W];
+    for (int64_t j = 0; j < nv; ++j) {
+      for (int64_t n = 0; n < W; ++n) lanes[n] = j * W + n < p.N ? dlast[j * W + n] : 0.0f;
+      w.adj[j].g = V::load(lanes);
+      w.adj[j].dAn = V::set1(1.0f);
+    }
+  }
   for (int64_t ci = nchunks - 1; ci >= 0; --ci) {
     const int64_t s0 = ci * T, cnt = imin(T, L - s0), t0 = rev ? L - 1 - s0 : s0;
     for (int64_t j = 0; j < nv; ++j) {
@@ -345,7 +355,8 @@ inline void bwd_channel(const ScanParams& p, int64_t b, int64_t d, float* slabB,
     if (kVarB) c.dB = slabB + (p.pB_nd == 2 ? k : 0) * L * Np;
     if (kVarC) c.dC = slabC + (p.pC_nd == 2 ? k : 0) * L * Np;
     load_init(p, k, b, d, h);
-    scan_bwd<kVarB, kVarC>(p, c, rev, h, p.z ? s.ysum : nullptr, s.sGB, s.sGX, w);
+    const float* dlast = p.dlast ? p.dlast + ((int64_t)k * p.batch * p.dim + bd) * p.N : nullptr;
+    scan_bwd<kVarB, kVarC>(p, c, rev, h, dlast, p.z ? s.ysum : nullptr, s.sGB, s.sGX, w);
     if (p.dinit) {  // h_init feeds step 0 through exp(dt_0 A): dh_init = exp(dt_0 A) g_0
       float* o = p.dinit + bd * p.N;
       alignas(64) float tg[W], ta[W];

@@ -1,6 +1,6 @@
 // CPU implementation of stmodels::selective_scan_fwd / selective_scan_bwd (schemas and the
 // canonical argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2, and the spec in
-// specs/ops.md). This file validates the arguments, converts A/B/C to padded float32 layouts the
+// docs/ops.rst). This file validates the arguments, converts A/B/C to padded float32 layouts the
 // kernels can stream, picks the kernel build for this CPU (AVX-512, AVX2 or portable), runs it
 // with at::parallel_for and reduces the per-task partial gradients in a fixed order, so results
 // are identical for any number of threads.
@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "scan_common.h"
+#include "selective_scan_checks.h"
 
 // at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it silently runs
 // on one thread.
@@ -86,137 +87,8 @@ int dtype_code(at::ScalarType t) {
   return t == at::kHalf ? kF16 : t == at::kBFloat16 ? kBF16 : kF32;
 }
 
-// ---------------------------------------------------------------- validation
-
-struct Geom {
-  int64_t batch, dim, L, N, G;
-  int ndir;
-  bool varB, varC;
-};
-
-void check_cpu(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "selective_scan (cpu): ", name, " must be a CPU tensor, got ",
-              t.device());
-}
-
-// u or delta: (batch, dim, L), or (2, batch, dim, L) when bidirectional.
-void check_seq(const Tensor& t, const char* name, bool bidir, at::ScalarType dt) {
-  check_cpu(t, name);
-  TORCH_CHECK(t.dim() == 3 || (bidir && t.dim() == 4 && t.size(0) == 2), "selective_scan: ",
-              name, " must have shape (batch, dim, L)", bidir ? " or (2, batch, dim, L)" : "",
-              ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dt, "selective_scan: ", name, " must have dtype ", dt,
-              " (the dtype of u), got ", t.scalar_type());
-}
-
-// A, D, delta_bias: `rank` dims shared, or rank+1 with a leading 2 when bidirectional.
-void check_param(const Tensor& t, const char* name, bool bidir, at::IntArrayRef shape,
-                 const char* shape_str) {
-  check_cpu(t, name);
-  const int64_t r = (int64_t)shape.size();
-  const bool per_dir = bidir && t.dim() == r + 1 && t.size(0) == 2;
-  bool ok = (t.dim() == r || per_dir);
-  if (ok)
-    for (int64_t i = 0; i < r; ++i) ok = ok && t.size(t.dim() - r + i) == shape[i];
-  TORCH_CHECK(ok, "selective_scan: ", name, " must have shape ", shape_str,
-              bidir ? " (optionally with a leading 2 for per-direction values)" : "", " = ",
-              shape, ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "selective_scan: ", name,
-              " must be float32, got ", t.scalar_type());
-}
-
-// B or C: variable (batch, G, N, L) | (2, batch, G, N, L), constant (dim, N) | (2, dim, N).
-// Returns G (0 for constant).
-int64_t check_bc(const Tensor& t, const char* name, bool bidir, const Geom& g,
-                 at::ScalarType udt) {
-  check_cpu(t, name);
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == udt, "selective_scan: ", name,
-              " must be float32 or the dtype of u (", udt, "), got ", t.scalar_type());
-  const int64_t r = t.dim();
-  const bool per_dir = (r == 5 || r == 3);
-  TORCH_CHECK(r >= 2 && r <= 5 && (!per_dir || (bidir && t.size(0) == 2)), "selective_scan: ",
-              name, " must be variable (batch, G, N, L) or constant (dim, N)",
-              bidir ? ", either optionally with a leading 2 for per-direction values" : "",
-              "; got ", t.sizes());
-  if (r >= 4) {
-    const int64_t G = t.size(-3);
-    TORCH_CHECK(t.size(-4) == g.batch && t.size(-2) == g.N && t.size(-1) == g.L && G >= 1,
-                "selective_scan: variable ", name, " must have shape (batch=", g.batch,
-                ", G, N=", g.N, ", L=", g.L, "), got ", t.sizes());
-    TORCH_CHECK(g.dim % G == 0, "selective_scan: the number of groups G=", G, " of ", name,
-                " must divide dim=", g.dim);
-    return G;
-  }
-  TORCH_CHECK(t.size(-2) == g.dim && t.size(-1) == g.N, "selective_scan: constant ", name,
-              " must have shape (dim=", g.dim, ", N=", g.N, "), got ", t.sizes());
-  return 0;
-}
-
-struct Inputs {
-  Tensor u, delta, A, B, C, D, z, bias, init;
-  Geom g;
-};
-
-Inputs validate(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-                const Tensor& C, const c10::optional<Tensor>& D, const c10::optional<Tensor>& z,
-                const c10::optional<Tensor>& bias, const c10::optional<Tensor>& init,
-                bool reverse, bool bidir) {
-  TORCH_CHECK(!(bidir && reverse), "selective_scan: reverse must be false when bidirectional "
-              "(direction 1 already scans backward in time)");
-  const auto udt = u.scalar_type();
-  TORCH_CHECK(udt == at::kFloat || udt == at::kHalf || udt == at::kBFloat16,
-              "selective_scan: u must be float32, float16 or bfloat16, got ", udt);
-  check_seq(u, "u", bidir, udt);
-  check_seq(delta, "delta", bidir, udt);
-  Inputs in;
-  Geom& g = in.g;
-  g.batch = u.size(-3); g.dim = u.size(-2); g.L = u.size(-1);
-  g.ndir = bidir ? 2 : 1;
-  TORCH_CHECK(delta.size(-3) == g.batch && delta.size(-2) == g.dim && delta.size(-1) == g.L,
-              "selective_scan: delta must match u's (batch, dim, L) = (", g.batch, ", ", g.dim,
-              ", ", g.L, "), got ", delta.sizes());
-  check_cpu(A, "A");
-  TORCH_CHECK(A.dim() >= 2 && A.size(-1) >= 1, "selective_scan: A must have shape (dim, N) with "
-              "N >= 1, got ", A.sizes());
-  g.N = A.size(-1);
-  check_param(A, "A", bidir, {g.dim, g.N}, "(dim, N)");
-  const int64_t GB = check_bc(B, "B", bidir, g, udt);
-  const int64_t GC = check_bc(C, "C", bidir, g, udt);
-  TORCH_CHECK(GB == 0 || GC == 0 || GB == GC, "selective_scan: variable B and C must have the "
-              "same number of groups, got G=", GB, " for B and G=", GC, " for C");
-  g.G = GB ? GB : (GC ? GC : 1);
-  g.varB = GB > 0; g.varC = GC > 0;
-  in.u = u.contiguous(); in.delta = delta.contiguous(); in.A = A.contiguous();
-  in.B = B.contiguous(); in.C = C.contiguous();
-  if (D.has_value() && D->defined()) {
-    check_param(*D, "D", bidir, {g.dim}, "(dim,)");
-    in.D = D->contiguous();
-  }
-  if (bias.has_value() && bias->defined()) {
-    check_param(*bias, "delta_bias", bidir, {g.dim}, "(dim,)");
-    in.bias = bias->contiguous();
-  }
-  if (z.has_value() && z->defined()) {
-    check_cpu(*z, "z");
-    TORCH_CHECK(z->dim() == 3 && z->size(0) == g.batch && z->size(1) == g.dim && z->size(2) == g.L,
-                "selective_scan: z must have shape (batch, dim, L) = (", g.batch, ", ", g.dim,
-                ", ", g.L, "), got ", z->sizes());
-    TORCH_CHECK(z->scalar_type() == udt, "selective_scan: z must have the dtype of u (", udt,
-                "), got ", z->scalar_type());
-    in.z = z->contiguous();
-  }
-  if (init.has_value() && init->defined()) {
-    TORCH_CHECK(!bidir, "selective_scan: initial_state is only supported when not bidirectional");
-    check_cpu(*init, "initial_state");
-    TORCH_CHECK(init->dim() == 3 && init->size(0) == g.batch && init->size(1) == g.dim &&
-                init->size(2) == g.N, "selective_scan: initial_state must have shape "
-                "(batch, dim, N) = (", g.batch, ", ", g.dim, ", ", g.N, "), got ", init->sizes());
-    TORCH_CHECK(init->scalar_type() == at::kFloat, "selective_scan: initial_state must be "
-                "float32, got ", init->scalar_type());
-    in.init = init->contiguous();
-  }
-  return in;
-}
+using scan_checks::Geom;
+using scan_checks::Inputs;
 
 // ---------------------------------------------------------------- preparation
 
@@ -297,8 +169,8 @@ std::tuple<Tensor, Tensor> scan_fwd_cpu(const Tensor& u, const Tensor& delta, co
                                         const c10::optional<Tensor>& delta_bias,
                                         const c10::optional<Tensor>& initial_state,
                                         bool delta_softplus, bool reverse, bool bidirectional) {
-  const Inputs in = validate(u, delta, A, B, C, D, z, delta_bias, initial_state, reverse,
-                             bidirectional);
+  const Inputs in = scan_checks::validate(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                          reverse, bidirectional, at::kCPU);
   const Geom& g = in.g;
   Tensor out = at::empty({g.batch, g.dim, g.L}, in.u.options());
   Tensor last = bidirectional ? at::zeros({2, g.batch, g.dim, g.N}, in.A.options())
@@ -396,21 +268,17 @@ Tensor slab_buffer(int64_t n, std::unique_lock<std::mutex>& lock) {
 
 using BwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, const Tensor& A,
+BwdOut scan_bwd_cpu(const Tensor& dout, const c10::optional<Tensor>& dlast_state, const Tensor& u, const Tensor& delta, const Tensor& A,
                     const Tensor& B, const Tensor& C, const c10::optional<Tensor>& D,
                     const c10::optional<Tensor>& z, const c10::optional<Tensor>& delta_bias,
                     const c10::optional<Tensor>& initial_state, bool delta_softplus,
                     bool reverse, bool bidirectional) {
-  const Inputs in = validate(u, delta, A, B, C, D, z, delta_bias, initial_state, reverse,
-                             bidirectional);
+  const Inputs in = scan_checks::validate(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                          reverse, bidirectional, at::kCPU);
   const Geom& g = in.g;
-  check_cpu(dout, "dout");
-  TORCH_CHECK(dout.dim() == 3 && dout.size(0) == g.batch && dout.size(1) == g.dim &&
-              dout.size(2) == g.L, "selective_scan_bwd: dout must have shape (batch, dim, L) = (",
-              g.batch, ", ", g.dim, ", ", g.L, "), got ", dout.sizes());
-  TORCH_CHECK(dout.scalar_type() == in.u.scalar_type(), "selective_scan_bwd: dout must have the "
-              "dtype of u (", in.u.scalar_type(), "), got ", dout.scalar_type());
-  const Tensor dout_c = dout.contiguous();
+  const auto grads_in = scan_checks::check_grads(dout, dlast_state, in, bidirectional, at::kCPU);
+  const Tensor& dout_c = grads_in.first;
+  const Tensor& dlast = grads_in.second;
   const auto f32 = in.A.options();
   const Tensor none = at::empty({0}, f32);
   // Every element of every gradient is written below (or zeroed here when there is no work).
@@ -423,6 +291,8 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, co
   Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
   if (g.batch == 0 || g.dim == 0 || g.L == 0) {
     for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
+    // With nothing to scan last_state is initial_state itself.
+    if (g.L == 0 && dlast.defined() && in.init.defined()) dinit.copy_(dlast);
     return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
   }
 
@@ -431,6 +301,7 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const Tensor& u, const Tensor& delta, co
   ScanParams& p = pr.p;
   const int64_t Np = p.Np, nd = g.ndir;
   p.dout = dout_c.data_ptr();
+  p.dlast = dlast.defined() ? dlast.data_ptr<float>() : nullptr;
   p.du = du.data_ptr(); p.du_ds = p.u_ds;
   p.ddelta = ddelta.data_ptr(); p.ddelta_ds = p.delta_ds;
   p.dz = in.z.defined() ? dz.data_ptr() : nullptr;

@@ -1,5 +1,5 @@
 // CUDA implementation of stmodels::selective_scan_fwd / selective_scan_bwd (schemas and canonical
-// argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2; spec: specs/ops.md). Kernels:
+// argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2; spec: docs/ops.rst). Kernels:
 // scan_cuda_common.cuh (staging, block scan), scan_cuda_fwd.cuh, scan_cuda_bwd.cuh.
 //
 // Design
@@ -45,7 +45,7 @@
 // * Determinism: two backward calls bitwise equal. compute-sanitizer --tool racecheck and
 //   --tool memcheck on a small bidirectional variable-B/C case with several chunks and channels
 //   per block (the barrier reasoning about the carry, the staging and the s_warp parity).
-// * Timings against specs/performance.md (batch 8, dim 2048, L 2048, N 16, bf16).
+// * Timings against docs/performance.rst (batch 8, dim 2048, L 2048, N 16, bf16).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -55,11 +55,13 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 #include <tuple>
 
 #include "scan_cuda_bwd.cuh"
 #include "scan_cuda_common.cuh"
 #include "scan_cuda_fwd.cuh"
+#include "selective_scan_checks.h"
 
 namespace stmodels {
 namespace scan_cuda {
@@ -67,139 +69,17 @@ namespace {
 
 using at::Tensor;
 
-// ---------------------------------------------------------------- validation
+using scan_checks::Geom;
+using scan_checks::Inputs;
 
-struct Geom {
-  int64_t batch, dim, L, N, G;
-  int ndir;
-  bool varB, varC;
-};
-
-struct Inputs {
-  Tensor u, delta, A, B, C, D, z, bias, init;
-  Geom g;
-};
-
-void check_device(const Tensor& t, const char* name, const at::Device& dev) {
-  TORCH_CHECK(t.is_cuda(), "selective_scan (cuda): ", name, " must be a CUDA tensor, got ",
-              t.device());
-  TORCH_CHECK(t.device() == dev, "selective_scan (cuda): ", name, " is on ", t.device(),
-              " but u is on ", dev, "; all inputs must be on the same device");
-}
-
-void check_seq(const Tensor& t, const char* name, bool bidir, at::ScalarType dt,
-               const at::Device& dev) {
-  check_device(t, name, dev);
-  TORCH_CHECK(t.dim() == 3 || (bidir && t.dim() == 4 && t.size(0) == 2), "selective_scan: ",
-              name, " must have shape (batch, dim, L)", bidir ? " or (2, batch, dim, L)" : "",
-              ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dt, "selective_scan: ", name, " must have dtype ", dt,
-              " (the dtype of u), got ", t.scalar_type());
-}
-
-void check_param(const Tensor& t, const char* name, bool bidir, at::IntArrayRef shape,
-                 const char* shape_str, const at::Device& dev) {
-  check_device(t, name, dev);
-  const int64_t r = (int64_t)shape.size();
-  const bool per_dir = bidir && t.dim() == r + 1 && t.size(0) == 2;
-  bool ok = (t.dim() == r || per_dir);
-  if (ok)
-    for (int64_t i = 0; i < r; ++i) ok = ok && t.size(t.dim() - r + i) == shape[i];
-  TORCH_CHECK(ok, "selective_scan: ", name, " must have shape ", shape_str,
-              bidir ? " (optionally with a leading 2 for per-direction values)" : "", " = ",
-              shape, ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "selective_scan: ", name, " must be float32, got ",
-              t.scalar_type());
-}
-
-// Returns G (0 for constant B/C).
-int64_t check_bc(const Tensor& t, const char* name, bool bidir, const Geom& g,
-                 at::ScalarType udt, const at::Device& dev) {
-  check_device(t, name, dev);
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == udt, "selective_scan: ", name,
-              " must be float32 or the dtype of u (", udt, "), got ", t.scalar_type());
-  const int64_t r = t.dim();
-  const bool per_dir = (r == 5 || r == 3);
-  TORCH_CHECK(r >= 2 && r <= 5 && (!per_dir || (bidir && t.size(0) == 2)), "selective_scan: ",
-              name, " must be variable (batch, G, N, L) or constant (dim, N)",
-              bidir ? ", either optionally with a leading 2 for per-direction values" : "",
-              "; got ", t.sizes());
-  if (r >= 4) {
-    const int64_t G = t.size(-3);
-    TORCH_CHECK(t.size(-4) == g.batch && t.size(-2) == g.N && t.size(-1) == g.L && G >= 1,
-                "selective_scan: variable ", name, " must have shape (batch=", g.batch,
-                ", G, N=", g.N, ", L=", g.L, "), got ", t.sizes());
-    TORCH_CHECK(g.dim % G == 0, "selective_scan: the number of groups G=", G, " of ", name,
-                " must divide dim=", g.dim);
-    return G;
-  }
-  TORCH_CHECK(t.size(-2) == g.dim && t.size(-1) == g.N, "selective_scan: constant ", name,
-              " must have shape (dim=", g.dim, ", N=", g.N, "), got ", t.sizes());
-  return 0;
-}
-
+// The shared checks, and the one limit of this backend: N <= kMaxN.
 Inputs validate(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
                 const Tensor& C, const c10::optional<Tensor>& D, const c10::optional<Tensor>& z,
                 const c10::optional<Tensor>& bias, const c10::optional<Tensor>& init,
                 bool reverse, bool bidir) {
-  TORCH_CHECK(!(bidir && reverse), "selective_scan: reverse must be false when bidirectional "
-              "(direction 1 already scans backward in time)");
-  const auto udt = u.scalar_type();
-  TORCH_CHECK(udt == at::kFloat || udt == at::kHalf || udt == at::kBFloat16,
-              "selective_scan: u must be float32, float16 or bfloat16, got ", udt);
-  TORCH_CHECK(u.is_cuda(), "selective_scan (cuda): u must be a CUDA tensor, got ", u.device());
-  const at::Device dev = u.device();
-  check_seq(u, "u", bidir, udt, dev);
-  check_seq(delta, "delta", bidir, udt, dev);
-  Inputs in;
-  Geom& g = in.g;
-  g.batch = u.size(-3); g.dim = u.size(-2); g.L = u.size(-1);
-  g.ndir = bidir ? 2 : 1;
-  TORCH_CHECK(delta.size(-3) == g.batch && delta.size(-2) == g.dim && delta.size(-1) == g.L,
-              "selective_scan: delta must match u's (batch, dim, L) = (", g.batch, ", ", g.dim,
-              ", ", g.L, "), got ", delta.sizes());
-  check_device(A, "A", dev);
-  TORCH_CHECK(A.dim() >= 2 && A.size(-1) >= 1, "selective_scan: A must have shape (dim, N) with "
-              "N >= 1, got ", A.sizes());
-  g.N = A.size(-1);
-  TORCH_CHECK(g.N <= kMaxN, "selective_scan (cuda): the state size N=", g.N, " exceeds the "
+  Inputs in = scan_checks::validate(u, delta, A, B, C, D, z, bias, init, reverse, bidir, at::kCUDA);
+  TORCH_CHECK(in.g.N <= kMaxN, "selective_scan (cuda): the state size N=", in.g.N, " exceeds the "
               "maximum of the CUDA kernel (", kMaxN, "); use backend=\"triton\" or \"reference\"");
-  check_param(A, "A", bidir, {g.dim, g.N}, "(dim, N)", dev);
-  const int64_t GB = check_bc(B, "B", bidir, g, udt, dev);
-  const int64_t GC = check_bc(C, "C", bidir, g, udt, dev);
-  TORCH_CHECK(GB == 0 || GC == 0 || GB == GC, "selective_scan: variable B and C must have the "
-              "same number of groups, got G=", GB, " for B and G=", GC, " for C");
-  g.G = GB ? GB : (GC ? GC : 1);
-  g.varB = GB > 0; g.varC = GC > 0;
-  in.u = u.contiguous(); in.delta = delta.contiguous(); in.A = A.contiguous();
-  in.B = B.contiguous(); in.C = C.contiguous();
-  if (D.has_value() && D->defined()) {
-    check_param(*D, "D", bidir, {g.dim}, "(dim,)", dev);
-    in.D = D->contiguous();
-  }
-  if (bias.has_value() && bias->defined()) {
-    check_param(*bias, "delta_bias", bidir, {g.dim}, "(dim,)", dev);
-    in.bias = bias->contiguous();
-  }
-  if (z.has_value() && z->defined()) {
-    check_device(*z, "z", dev);
-    TORCH_CHECK(z->dim() == 3 && z->size(0) == g.batch && z->size(1) == g.dim && z->size(2) == g.L,
-                "selective_scan: z must have shape (batch, dim, L) = (", g.batch, ", ", g.dim,
-                ", ", g.L, "), got ", z->sizes());
-    TORCH_CHECK(z->scalar_type() == udt, "selective_scan: z must have the dtype of u (", udt,
-                "), got ", z->scalar_type());
-    in.z = z->contiguous();
-  }
-  if (init.has_value() && init->defined()) {
-    TORCH_CHECK(!bidir, "selective_scan: initial_state is only supported when not bidirectional");
-    check_device(*init, "initial_state", dev);
-    TORCH_CHECK(init->dim() == 3 && init->size(0) == g.batch && init->size(1) == g.dim &&
-                init->size(2) == g.N, "selective_scan: initial_state must have shape "
-                "(batch, dim, N) = (", g.batch, ", ", g.dim, ", ", g.N, "), got ", init->sizes());
-    TORCH_CHECK(init->scalar_type() == at::kFloat, "selective_scan: initial_state must be "
-                "float32, got ", init->scalar_type());
-    in.init = init->contiguous();
-  }
   return in;
 }
 
@@ -351,7 +231,7 @@ void reduce_slab(const Tensor& slab, int64_t nd, int64_t nblk, Tensor& out, cons
 
 using BwdOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, const Tensor& A,
+BwdOut scan_bwd_cuda(const Tensor& dout, const c10::optional<Tensor>& dlast_state, const Tensor& u, const Tensor& delta, const Tensor& A,
                      const Tensor& B, const Tensor& C, const c10::optional<Tensor>& D,
                      const c10::optional<Tensor>& z, const c10::optional<Tensor>& delta_bias,
                      const c10::optional<Tensor>& initial_state, bool delta_softplus,
@@ -359,14 +239,10 @@ BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, c
   const Inputs in = validate(u, delta, A, B, C, D, z, delta_bias, initial_state, reverse,
                              bidirectional);
   const Geom& g = in.g;
-  check_device(dout, "dout", in.u.device());
-  TORCH_CHECK(dout.dim() == 3 && dout.size(0) == g.batch && dout.size(1) == g.dim &&
-              dout.size(2) == g.L, "selective_scan_bwd: dout must have shape (batch, dim, L) = (",
-              g.batch, ", ", g.dim, ", ", g.L, "), got ", dout.sizes());
-  TORCH_CHECK(dout.scalar_type() == in.u.scalar_type(), "selective_scan_bwd: dout must have the "
-              "dtype of u (", in.u.scalar_type(), "), got ", dout.scalar_type());
+  const auto grads_in = scan_checks::check_grads(dout, dlast_state, in, bidirectional, at::kCUDA);
+  const Tensor& dout_c = grads_in.first;
+  const Tensor& dlast = grads_in.second;
   c10::cuda::CUDAGuard guard(in.u.device());
-  const Tensor dout_c = dout.contiguous();
   const auto f32 = in.A.options();
   Tensor du = at::empty_like(in.u), ddelta = at::empty_like(in.delta);
   Tensor dA = at::empty_like(in.A), dB = at::empty_like(in.B), dC = at::empty_like(in.C);
@@ -376,6 +252,8 @@ BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, c
   Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
   if (g.batch == 0 || g.dim == 0 || g.L == 0) {
     for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
+    // With nothing to scan last_state is initial_state itself.
+    if (g.L == 0 && dlast.defined() && in.init.defined()) dinit.copy_(dlast);
     return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -421,6 +299,7 @@ BwdOut scan_bwd_cuda(const Tensor& dout, const Tensor& u, const Tensor& delta, c
   Tensor ybuf = bi && in.z.defined() ? at::empty({BD * g.L}, f32) : none;
 
   p.dout = dout_c.data_ptr();
+  p.dlast = dlast.defined() ? dlast.data_ptr<float>() : nullptr;
   p.du = du.data_ptr(); p.ddelta = ddelta.data_ptr();
   p.dz = in.z.defined() ? dz.data_ptr() : nullptr;
   p.dinit = in.init.defined() ? dinit.data_ptr<float>() : nullptr;

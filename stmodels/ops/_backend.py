@@ -308,7 +308,8 @@ def _reasons(op: str, backend: str, args, tensors: Mapping[str, torch.Tensor | N
     return reasons
 
 
-def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torch.Tensor | None], main: str):
+def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torch.Tensor | None], main: str,
+                  caller: str | None = None):
     """Pick the kernel that runs ``op`` for these inputs; returns ``(backend_name, kernel)``.
 
     Args:
@@ -317,13 +318,15 @@ def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torc
         args: the op's validated, canonical arguments (passed to ``extra_reasons``).
         tensors: the call's tensors by argument name.
         main: the argument whose dtype selects the kernel.
+        caller: the front door named in error messages (default ``op``; e.g. ``bi_selective_scan``).
     """
-    name = current_backend() if backend is None or backend == AUTO else _check_name(backend, op)
+    where = caller or op
+    name = current_backend() if backend is None or backend == AUTO else _check_name(backend, where)
     if name != AUTO:
         reasons = _reasons(op, name, args, tensors, main)
         if reasons:
             listed = "\n".join(f"  - {reason}" for reason in reasons)
-            raise BackendNotSupportedError(f"{op}: backend {name!r} cannot run these inputs:\n{listed}")
+            raise BackendNotSupportedError(f"{where}: backend {name!r} cannot run these inputs:\n{listed}")
         return name, _KERNELS[op][name][0]
     device = tensors[main].device.type
     tried = []
@@ -332,4 +335,4 @@ def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torc
         if not reasons:
             return candidate, _KERNELS[op][candidate][0]
         tried.append(f"  - {candidate}: {'; '.join(reasons)}")
-    raise BackendNotSupportedError(f"{op}: no backend can run these inputs:\n" + "\n".join(tried))
+    raise BackendNotSupportedError(f"{where}: no backend can run these inputs:\n" + "\n".join(tried))

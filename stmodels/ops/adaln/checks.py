@@ -20,7 +20,7 @@ from stmodels.ops._validate import (
     require_tensor,
 )
 
-__all__ = ["AdalnArgs", "canonical_adaln_args"]
+__all__ = ["AdalnArgs", "canonical_adaln_args", "check_canonical_adaln", "check_canonical_adaln_bwd"]
 
 OP = "adaln_modulate"
 _FLOAT_DTYPES = ACTIVATION_DTYPES
@@ -98,3 +98,39 @@ def canonical_adaln_args(x, shift, scale, weight=None, bias=None, eps: float = 1
         weight=cast(weight, affine_dtype), bias=cast(bias, affine_dtype), eps=float(eps),
         per_token=shift.dim() == 3,
     )
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_canonical_adaln(op: str, x, shift, scale, weight, bias, eps) -> None:
+    """The checks of the compiled / Triton ``adaln_fwd`` on its canonical arguments (csrc/ops.cpp).
+
+    Used by the fake (meta) kernels, so that tracing rejects what the real kernels reject, with
+    the front door's messages: the user-level checks plus the kernels' exact dtypes (shift and
+    scale in x's dtype, weight and bias float32, no float64).
+    """
+    require_tensor(op, "x", x)
+    require_dtype(op, "x", x, _KERNEL_DTYPES)
+    canonical_adaln_args(x, shift, scale, weight, bias, eps)
+    for name, tensor in (("shift", shift), ("scale", scale)):
+        require_dtype(op, name, tensor, (x.dtype,))
+    for name, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None:
+            require_dtype(op, name, tensor, (torch.float32,))
+
+
+def check_canonical_adaln_bwd(op: str, dout, x, scale, weight, bias, mean, rstd, shift_per_token: bool) -> None:
+    """The checks of the compiled / Triton ``adaln_bwd`` on its canonical arguments (fake kernels)."""
+    check_canonical_adaln(op, x, scale, scale, weight, bias, 1.0)
+    require_dtype(op, "dout", dout, (x.dtype,))
+    require_shape(op, "dout", dout, tuple(x.shape), "(batch, S, H), as x")
+    batch, tokens, hidden = x.shape
+    if shift_per_token:
+        require_shape(op, "scale", scale, (batch, tokens, hidden), "(batch, S, H) (shift_per_token=True)")
+    else:
+        require_shape(op, "scale", scale, (batch, hidden), "(batch, H) (shift_per_token=False)")
+    for name, stat in (("mean", mean), ("rstd", rstd)):
+        require_tensor(op, name, stat)
+        require_dtype(op, name, stat, (torch.float32,))
+        require_shape(op, name, stat, (batch, tokens), "(batch, S)")

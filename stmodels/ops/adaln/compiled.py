@@ -9,18 +9,20 @@ import torch
 
 from stmodels import _ext
 from stmodels.ops._backend import missing_kernel_reasons, register_kernel
-from stmodels.ops.adaln.checks import AdalnArgs
+from stmodels.ops.adaln.checks import AdalnArgs, check_canonical_adaln, check_canonical_adaln_bwd
 
 __all__ = ["register", "adaln_compiled_kernel"]
 
 
 def _fake_forward(x, shift, scale, weight, bias, eps):
+    check_canonical_adaln("adaln_fwd", x, shift, scale, weight, bias, eps)
     batch, tokens, _ = x.shape
     stats = x.new_empty((batch, tokens), dtype=torch.float32)
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
 def _fake_backward(dout, x, scale, weight, bias, mean, rstd, shift_per_token):
+    check_canonical_adaln_bwd("adaln_bwd", dout, x, scale, weight, bias, mean, rstd, shift_per_token)
     def like(tensor):
         return dout.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
 

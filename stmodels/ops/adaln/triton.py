@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stmodels.ops.adaln.checks import AdalnArgs
+from stmodels.ops.adaln.checks import AdalnArgs, check_canonical_adaln
 
 __all__ = ["MAX_HIDDEN", "adaln_triton_kernel", "adaln_fwd", "adaln_bwd"]
 
@@ -70,12 +70,24 @@ def _adaln_fwd_kernel(
     offs = rows64[:, None] * H + cols[None, :]
 
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / H
+    # Rows whose max |x| passes 2^48 are normalised as x * s, s the power of two that brings that max
+    # into [1, 2) (at least 2^-126): LayerNorm is scale-invariant up to eps (eps * s^2 with x * s),
+    # so the squares cannot overflow and LayerNorm(1e20 x) equals LayerNorm(x). Other rows keep
+    # s = 1, i.e. exactly the unscaled arithmetic. A row holding inf/NaN stays NaN.
+    amax = tl.max(tl.abs(x), axis=1)
+    expo = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    pow2 = ((254 - tl.minimum(expo, 253)) << 23).to(tl.float32, bitcast=True)
+    s = tl.where(expo > 127 + 48, pow2, 1.0)
+    xs = x * s[:, None]
+    mean_s = tl.sum(xs, axis=1) / H
     # padded columns must not add (0 - mean)^2 to the variance
-    xc = tl.where(mask, x - mean[:, None], 0.0)
+    xc = tl.where(mask, xs - mean_s[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / H
-    rstd = 1.0 / tl.sqrt_rn(var + eps)
-    y = xc * rstd[:, None]
+    # A scaled row with var > 0 has var >> eps * s^2; a constant one needs 1/sqrt(eps) itself (eps * s^2
+    # underflows), which this form gives at s = 1 too.
+    rstd = tl.where(var == 0.0, 1.0 / tl.sqrt_rn(eps + 0.0 * var), s / tl.sqrt_rn(var + eps * s * s))
+    y = xc * (rstd / s)[:, None]
+    mean = mean_s / s
     if HAS_WEIGHT:
         y = y * tl.load(weight_ptr + cols, mask=col_ok, other=0.0)[None, :]
     if HAS_BIAS:
@@ -255,6 +267,7 @@ def adaln_bwd(dout, x, scale, weight, bias, mean, rstd):
 
 @adaln_fwd.register_fake
 def _(x, shift, scale, weight, bias, eps):
+    check_canonical_adaln("adaln_fwd", x, shift, scale, weight, bias, eps)
     batch, tokens, _ = x.shape
     stats = x.new_empty((batch, tokens), dtype=torch.float32)
     return torch.empty_like(x), stats, torch.empty_like(stats)

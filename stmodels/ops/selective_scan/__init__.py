@@ -41,6 +41,10 @@ def _triton_scan_reasons(args: ScanArgs) -> list[str]:
 register_kernel(OP, "triton", _triton_scan_kernel, extra_reasons=_triton_scan_reasons)
 
 
+#: Device types with an autocast state (torch.is_autocast_enabled raises for others, e.g. meta).
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla")
+
+
 def _autocast_activations(u, delta, B, C, z):
     """Under autocast, bring the activations to autocast's dtype.
 
@@ -53,6 +57,8 @@ def _autocast_activations(u, delta, B, C, z):
     if not isinstance(u, torch.Tensor):  # the argument checks report it
         return u, delta, B, C, z
     device_type = u.device.type
+    if device_type not in _AUTOCAST_DEVICES:  # e.g. meta: the backend selection reports the device
+        return u, delta, B, C, z
     if not torch.is_autocast_enabled(device_type) or u.dtype == torch.float64:
         return u, delta, B, C, z
     dtype = torch.get_autocast_dtype(device_type)
@@ -109,8 +115,11 @@ def selective_scan(
         out: (batch, dim, L) in ``u``'s dtype (autocast's dtype inside an autocast region, where
         u, delta, z and low-precision B, C are cast to it); and ``last_state`` (batch, dim, N) float32 when
         ``return_last_state``. Internal arithmetic is float32. Gradients flow to u, delta, A, B, C,
-        D, z, delta_bias and initial_state; ``last_state`` is not differentiable.
+        D, z, delta_bias and initial_state, from ``out`` and from ``last_state`` alike (so a long
+        sequence scanned in chunks chained through the state gets the gradients of one scan).
     """
+    if not isinstance(return_last_state, bool):
+        raise TypeError(f"selective_scan: `return_last_state` must be a bool, got {type(return_last_state).__name__}")
     u, delta, B, C, z = _autocast_activations(u, delta, B, C, z)
     args = canonical_scan_args(
         "selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state,
@@ -145,7 +154,10 @@ def bi_selective_scan(
         B, C: (batch, [G,] N, L) or (dim, N) shared, or the same with a leading axis of size 2.
         D, delta_bias: (dim,) or (2, dim), float32, optional.
         z: (batch, dim, L), optional gate, shared by both directions.
-        delta_softplus: apply softplus to ``delta + delta_bias`` (default True, as Mamba blocks do).
+        delta_softplus: apply softplus to ``delta + delta_bias``. The default, True, differs from
+            :func:`selective_scan`'s False on purpose (documented in docs/ops.rst): ``selective_scan``
+            keeps mamba_ssm's ``selective_scan_fn`` default, while the bidirectional op serves Mamba
+            blocks, which always pass True.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
@@ -156,7 +168,7 @@ def bi_selective_scan(
         "bi_selective_scan", u, delta, A, B, C, D, z, delta_bias, None,
         delta_softplus=delta_softplus, reverse=False, bidirectional=True,
     )
-    _, kernel = select_kernel(OP, backend, args, args.tensors(), "u")
+    _, kernel = select_kernel(OP, backend, args, args.tensors(), "u", caller="bi_selective_scan")
     return kernel(args)[0]
 
 

@@ -1,6 +1,6 @@
 """Argument checks and the canonical form shared by every selective-scan backend.
 
-The front doors accept the user-facing shapes of ``../specs/ops.md``; :func:`canonical_scan_args`
+The front doors accept the user-facing shapes of ``docs/ops.rst``; :func:`canonical_scan_args`
 validates them (before any kernel runs) and converts them to the canonical form that every backend
 and the fake kernels take (see ``csrc/ops.cpp``):
 
@@ -38,7 +38,7 @@ from stmodels.ops._validate import (
     require_tensor,
 )
 
-__all__ = ["ScanArgs", "canonical_scan_args"]
+__all__ = ["ScanArgs", "canonical_scan_args", "check_canonical_scan"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +234,24 @@ def canonical_scan_args(
         delta_softplus=delta_softplus, reverse=reverse, bidirectional=bidirectional,
         batch=batch, dim=dim, length=length, state_size=N,
     )
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_canonical_scan(op: str, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus: bool,
+                         reverse: bool, bidirectional: bool) -> ScanArgs:
+    """The checks of the compiled / Triton scan on its canonical arguments (csrc/ops.cpp).
+
+    Used by the fake (meta) kernels, so that tracing rejects what the real kernels reject, with
+    the front door's messages: the user-level checks (which accept every canonical form) plus the
+    kernels' dtypes (no float64; A, D, delta_bias, initial_state float32).
+    """
+    require_tensor(op, "u", u)
+    require_dtype(op, "u", u, _KERNEL_DTYPES)
+    args = canonical_scan_args(op, u, delta, A, B, C, D, z, delta_bias, initial_state,
+                               delta_softplus=delta_softplus, reverse=reverse, bidirectional=bidirectional)
+    for name, tensor in (("A", A), ("D", D), ("delta_bias", delta_bias), ("initial_state", initial_state)):
+        if tensor is not None:
+            require_dtype(op, name, tensor, (torch.float32,))
+    return args

@@ -12,7 +12,7 @@ import torch
 
 from stmodels import _ext
 from stmodels.ops._backend import missing_kernel_reasons, register_kernel
-from stmodels.ops.selective_scan.checks import ScanArgs
+from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan
 
 __all__ = ["register", "scan_compiled_kernel"]
 
@@ -20,6 +20,8 @@ _INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_st
 
 
 def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional):
+    check_canonical_scan("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
+                         delta_softplus, reverse, bidirectional)
     batch, dim, length = u.shape[-3:]
     N = A.shape[-1]
     out = u.new_empty((batch, dim, length))
@@ -27,24 +29,43 @@ def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_soft
     return out, u.new_empty(state_shape, dtype=torch.float32)
 
 
-def _fake_backward(dout, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
+def _fake_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
                    bidirectional):
+    args = check_canonical_scan("selective_scan_bwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                delta_softplus, reverse, bidirectional)
+    _check_grads(dout, dlast_state, args)
+
     def like(tensor):
         return dout.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
 
     return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
 
 
+def _check_grads(dout, dlast_state, args: ScanArgs) -> None:
+    """dout like out, dlast_state (optional) like last_state, as the compiled backward checks."""
+    out_shape = (args.batch, args.dim, args.length)
+    if tuple(dout.shape) != out_shape or dout.dtype != args.u.dtype:
+        raise ValueError(f"selective_scan_bwd: `dout` must have shape {out_shape} and dtype {args.u.dtype}, "
+                         f"got {tuple(dout.shape)} {dout.dtype}")
+    if dlast_state is None:
+        return
+    state_shape = ((2,) if args.bidirectional else ()) + (args.batch, args.dim, args.state_size)
+    if tuple(dlast_state.shape) != state_shape or dlast_state.dtype != torch.float32:
+        raise ValueError(f"selective_scan_bwd: `dlast_state` must have the shape of last_state {state_shape} "
+                         f"and dtype float32, got {tuple(dlast_state.shape)} {dlast_state.dtype}")
+
+
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
     ctx.flags = (delta_softplus, reverse, bidirectional)
-    ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_out, grad_last_state):
     saved = ctx.saved_tensors
-    grads = torch.ops.stmodels.selective_scan_bwd(grad_out.contiguous(), *saved, *ctx.flags)
+    # last_state is differentiable: its gradient seeds the adjoint after the last step.
+    dlast = None if grad_last_state is None else grad_last_state.float().contiguous()
+    grads = torch.ops.stmodels.selective_scan_bwd(grad_out.contiguous(), dlast, *saved, *ctx.flags)
     # Absent optional inputs get no gradient (the op returns empty placeholders for them).
     result = [None if tensor is None else grad for tensor, grad in zip(saved, grads)]
     return (*result, None, None, None)

@@ -31,7 +31,7 @@ import os
 import torch
 import triton
 
-from stmodels.ops.selective_scan.checks import ScanArgs
+from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan
 from stmodels.ops.selective_scan.triton_kernels import combine_kernel, scan_bwd_kernel, scan_fwd_kernel
 
 __all__ = ["scan_triton_kernel", "scan_fwd", "scan_bwd", "MAX_STATE_SIZE", "CHUNK_SIZE", "BLOCK_D", "chunk_size"]
@@ -167,6 +167,8 @@ def scan_fwd(
 
 @scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional, chunk):
+    check_canonical_scan("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
+                         delta_softplus, reverse, bidirectional)
     batch, dim, length = u.shape[-3:]
     N = A.shape[-1]
     directions = 2 if bidirectional else 1
@@ -187,19 +189,20 @@ def _reduce(partial: torch.Tensor, like: torch.Tensor, shared_rank: int, bidirec
 
 @torch.library.custom_op("stmodels_triton::scan_bwd", mutates_args=(), device_types=("cuda", "cpu"))
 def scan_bwd(
-    dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+    dout: torch.Tensor, dlast: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
     initial_state: torch.Tensor | None, states: torch.Tensor, delta_softplus: bool, reverse: bool,
     bidirectional: bool, chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`scan_fwd` from ``dout: (batch, dim, L)`` and the saved chunk states.
+    """Gradients of :func:`scan_fwd` from ``dout: (batch, dim, L)``, ``dlast`` (the gradient of
+    ``last_state``, float32 of its shape, or None for zero) and the saved chunk states.
 
     Returns one gradient per input (u, delta, A, B, C, D, z, delta_bias, initial_state), shaped and
     typed like it; an absent optional input gets an empty float32 tensor.
     """
-    dout, u, delta, A, B, C, D, z, delta_bias, initial_state, states = _contiguous(
-        dout, u, delta, A, B, C, D, z, delta_bias, initial_state, states)
+    dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states = _contiguous(
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states)
     lay = _Layout(u, A, B, C, bidirectional)
     n_chunks = states.shape[3]
     nd, batch, dim, length, N = lay.directions, lay.batch, lay.dim, lay.length, lay.N
@@ -219,13 +222,14 @@ def scan_bwd(
     scratch = u.new_empty((programs, chunk + 1, lay.block_d, lay.N_P), **f32)
     with _on_device(u):
         _bwd[lay.grid](
-            dout, u, delta, A, B, C, D, z, delta_bias, states, scratch,
+            dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, scratch,
             du, ddelta, y, dA, dB, dC, dD, dbias, dh0,
             *_strides(u, delta, A, B, C, D, delta_bias, bidirectional),
             REVERSE=reverse, SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None, HAS_H0=initial_state is not None,
+            HAS_BIAS=delta_bias is not None, HAS_H0=initial_state is not None, HAS_DLAST=dlast is not None,
             **_common(lay, n_chunks, chunk),
         )
+
     def empty():  # a fresh placeholder each: custom-op outputs may not alias one another
         return u.new_empty((0,), **f32)
 
@@ -253,7 +257,7 @@ def scan_bwd(
 
 
 @scan_bwd.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus, reverse,
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus, reverse,
       bidirectional, chunk):
     def like(tensor):
         return dout.new_empty((0,), dtype=torch.float32) if tensor is None else tensor.new_empty(tensor.shape)
@@ -265,12 +269,14 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional, chunk = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, output[2])
     ctx.flags = (delta_softplus, reverse, bidirectional, chunk)
-    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.mark_non_differentiable(output[2])
 
 
 def _backward(ctx, grad_out, grad_last_state, grad_states):
     *saved, states = ctx.saved_tensors
-    grads = scan_bwd(grad_out.contiguous(), *saved, states, *ctx.flags)
+    # last_state is differentiable: its gradient seeds the adjoint after the last step.
+    dlast = None if grad_last_state is None else grad_last_state.float().contiguous()
+    grads = scan_bwd(grad_out.contiguous(), dlast, *saved, states, *ctx.flags)
     # Absent optional inputs get no gradient (the op returns empty placeholders for them).
     result = [None if tensor is None else grad for tensor, grad in zip(saved, grads)]
     return (*result, None, None, None, None)

@@ -132,13 +132,13 @@ def combine_kernel(y_ptr, z_ptr, out_ptr, numel, HAS_Z: tl.constexpr, BLOCK: tl.
 
 @triton.jit
 def scan_bwd_kernel(
-    dout_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, scratch_ptr,
+    dout_ptr, dlast_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, y_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     su_k, sdelta_k, sA_k, sB_k, sC_k, sD_k, sbias_k,
     batch, dim, L, N, G, cpg, nblk, n_chunks,
     REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, N_P: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_DLAST: tl.constexpr, B_VAR: tl.constexpr,
+    C_VAR: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, N_P: tl.constexpr,
 ):
     """Backward of one (direction, batch, channel block): chunks in reverse scan order.
 
@@ -186,6 +186,8 @@ def scan_bwd_kernel(
     slab = scratch_ptr + prog * BLOCK_D * N_P + tl.arange(0, BLOCK_D)[:, None] * N_P + n[None, :]
 
     g = tl.zeros([BLOCK_D, N_P], dtype=tl.float32)
+    if HAS_DLAST:  # d(last_state) (directions, batch, dim, N) is the adjoint after the last step
+        g = tl.load(dlast_ptr + (kb * dim + d[:, None]) * N + n[None, :], mask=mask2, other=0.0)
     dA_acc = tl.zeros([BLOCK_D, N_P], dtype=tl.float32)
     dB_acc = tl.zeros([BLOCK_D, N_P], dtype=tl.float32)
     dC_acc = tl.zeros([BLOCK_D, N_P], dtype=tl.float32)
