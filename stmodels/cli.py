@@ -148,8 +148,15 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _add_version_option(parser: argparse.ArgumentParser) -> None:
+    from stmodels import __version__
+
+    parser.add_argument("--version", action="version", version=f"stmodels {__version__}")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stmodels", description="Spatio-temporal prediction models and kernels.")
+    _add_version_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="backends per device and the extension's build metadata")
 
