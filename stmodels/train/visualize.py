@@ -322,7 +322,7 @@ def plot_loss_curves(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError("plot_loss_curves needs matplotlib: pip install matplotlib") from error
+        raise ImportError("plot_loss_curves needs matplotlib: pip install stmodels[viz]") from error
 
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError(f"plot_loss_curves: `curves` must be a non-empty dict name -> points, got {curves!r}")
