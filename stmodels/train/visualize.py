@@ -216,7 +216,7 @@ def _labelled(inputs, targets, prediction, max_frames, gap, error_gain, min_widt
     top = grid.shape[0] + 6
     image.paste(Image.fromarray(bar, "RGB"), (label_width, top))
     middle = top + bar_height // 2
-    draw.text((6, middle), "|error|", fill=(0, 0, 0), font=font, anchor="lm")
+    draw.text((6, middle), "error scale", fill=(0, 0, 0), font=font, anchor="lm")
     draw.text((label_width, top + bar_height + 2), "0", fill=(0, 0, 0), font=font, anchor="lt")
     draw.text((label_width + bar_width, top + bar_height + 2), f">= {1.0 / float(error_gain):.3g}", fill=(0, 0, 0),
               font=font, anchor="rt")
