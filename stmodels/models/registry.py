@@ -41,8 +41,8 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
-#: Config fields that choose how a model runs (its kernel backend), not what it computes: left out of
-#: every saved config, ignored when read from one, and set by ``create_model(..., backend=)``,
+#: Config fields that choose how a model runs (its kernel backend), not what it computes. They are
+#: left out of every saved config, ignored when read from one, and set by ``create_model(..., backend=)``,
 #: ``from_pretrained(..., backend=)``, :func:`stmodels.ops.use_backend` or ``STMODELS_BACKEND``.
 RUNTIME_FIELDS = ("backend",)
 
@@ -57,7 +57,7 @@ class ModelConfig:
     """Base of every model config: a JSON-serialisable dataclass."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields to save: everything but :data:`RUNTIME_FIELDS`."""
+        """The fields to save, all but :data:`~stmodels.models.registry.RUNTIME_FIELDS`."""
         return saved_fields(dataclasses.asdict(self))
 
     @classmethod

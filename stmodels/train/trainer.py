@@ -161,7 +161,7 @@ class Trainer:
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights used for evaluation and export: the EMA when enabled, else the model."""
+        """The EMA of the weights when enabled, else the model; evaluation and export use it."""
         return self.ema.module if self.ema is not None else self.model
 
     def run_config(self) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def labelled_strip(
 
     The grid is upscaled by the smallest integer factor (nearest neighbour) that makes it at least
     ``min_width`` pixels wide; a white column on the left names the rows (inputs, truth,
-    prediction, |error|) and a bar below maps the error colours to values (0 to ``1 / error_gain``
+    prediction, ``|error|``) and a bar below maps the error colours to values (0 to ``1 / error_gain``
     and beyond).
 
     Args:
