@@ -62,3 +62,12 @@ def test_aoti_package_equals_eager(tiny_model, tmp_path):
     assert paths["aoti"] == tmp_path / "tiny.aoti.pt2" and paths["aoti"].is_file()
     with torch.no_grad():
         torch.testing.assert_close(load_aoti(paths["aoti"])(X), tiny_model(X), rtol=1e-5, atol=1e-5)
+
+
+def test_the_backend_at_export_time_decides_the_traced_kernels(tiny_model):
+    from stmodels.ops import use_backend
+
+    X = _inputs(tiny_model, batch=1)
+    with use_backend("reference"):
+        program = torch.export.export(tiny_model, (X,), strict=False)
+    assert not [n for n in program.graph.nodes if "stmodels" in str(n.target)]  # plain PyTorch, no extension
