@@ -132,3 +132,20 @@ def test_rgb_folder_trains_in_rgb_and_a_channel_mismatch_is_named(tmp_path, caps
     assert run["model_config"]["in_shape"][1] == 3
     assert main(["train", *common, "--out", str(tmp_path / "grey"), "--set", "in_shape=[4,1,16,16]"]) == 2
     assert "the frames have 3 channel(s), but in_shape=[4, 1, 16, 16] asks for 1" in capsys.readouterr().err
+
+
+def test_in_a_terminal_the_epoch_summary_stays_after_the_bars(monkeypatch, capsys):
+    import sys
+
+    from stmodels.data import SyntheticCHDL
+    from stmodels.train import TrainConfig, Trainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars on, as in a terminal
+    common = dict(frames=8, size=16, in_frames=4, out_frames=4)
+    torch.manual_seed(0)
+    trainer = Trainer(create_model("diffuma_tiny"), SyntheticCHDL(8, **common), SyntheticCHDL(2, split="test", **common),
+                      TrainConfig(epochs=2, batch_size=4, device="cpu", pictures=False), None)
+    trainer.fit()
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1", "2"] and all("val_mse" in line for line in lines)
