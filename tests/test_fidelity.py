@@ -14,21 +14,38 @@ REPO = Path(__file__).resolve().parents[1]
 def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     out = tmp_path / "results"
     command = [sys.executable, str(REPO / "benchmarks" / "fidelity" / "run.py"), "--steps", "1", "--only",
-               "DIFFUMA", "Mamba-only", "--eval-sequences", "2", "--datasets", "chdl", "--out", str(out), "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+               "DIFFUMA", "Mamba-only", "random conditioning", "--lrs", "1e-3", "2e-3", "--seeds", "2",
+               "--eval-sequences", "2", "--datasets", "chdl", "--out", str(out), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["model"] for r in rows] == ["DIFFUMA", "DIFFUMA, DDIM 10 steps", "DIFFUMA, DDIM 50 steps",
-                                          "Mamba-only", "copy last frame"]
-    assert {r["train_steps"] for r in rows[:4]} == {"1"}
+    runs = {(r["model"], float(r["lr"]), int(r["seed"])) for r in rows if r["model"] != "copy last frame"}
+    # the search (both rates, seed 0) for the searched models, then seed 1 at each chosen rate
+    for model in ("DIFFUMA", "Mamba-only"):
+        assert {(model, 1e-3, 0), (model, 2e-3, 0)} <= runs
+    chosen = {r["model"]: float(r["lr"]) for r in rows if r["chosen"] == "True" and r["seed"] == "0"}
+    assert ("DIFFUMA", chosen["DIFFUMA"], 1) in runs and ("Mamba-only", chosen["Mamba-only"], 1) in runs
+    # random conditioning is not searched: DIFFUMA's rate, both seeds
+    assert {lr for m, lr, _ in runs if m == "random conditioning"} == {chosen["DIFFUMA"]}
+    assert {s for m, _, s in runs if m == "random conditioning"} == {0, 1}
+    assert {"DIFFUMA, DDIM 10 steps", "DIFFUMA, DDIM 50 steps", "copy last frame"} <= {r["model"] for r in rows}
+    assert {r["train_steps"] for r in rows if r["model"] != "copy last frame"} == {"1"}
     assert (out / "predictions_chdl.png").stat().st_size > 0
+    assert len(list((out / "rows" / "chdl").glob("*.json"))) == 8  # 2 + 1 + 2 + 1 runs, and 2 of random conditioning
     setup = json.loads((out / "results.json").read_text())["setup"]
     assert setup["steps"] == {"chdl": 1} and setup["eval_sequences"] == 2
+
+    # a second run reuses every finished run (no training): same rows
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0 and "lr=" not in again.stdout
+    again_rows = list(csv.DictReader((out / "results.csv").open()))
+    assert again_rows[:-1] == rows[:-1]  # the last row, copy-last, is re-timed
 
     sys.path.insert(0, str(REPO))
     from benchmarks.fidelity.report import write_docs_page
 
     docs = tmp_path / "docs"
     page = write_docs_page(out, docs).read_text()
-    assert "DIFFUMA's MSE is" in page and "copy last frame" in page and "not** the published" in page
+    assert "learning-rate search" in page and "copy last frame" in page and "not** the published" in page
+    assert "± " in page  # two seeds: mean and spread
     assert (docs / "_static" / "fidelity" / "predictions_chdl.png").exists()

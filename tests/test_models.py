@@ -31,7 +31,7 @@ def test_presets_are_registered():
 
 
 @pytest.mark.parametrize("in_shape,out_frames", [((4, 1, 16, 16), 4), ((3, 2, 16, 24), 5), ((6, 1, 8, 32), 2)])
-@pytest.mark.parametrize("scan", ["spacetime", "time"])
+@pytest.mark.parametrize("scan", ["latent", "spacetime", "time"])
 def test_output_shapes(in_shape, out_frames, scan):
     model = create_model(TINY, in_shape=in_shape, out_frames=out_frames, scan=scan)
     X = _frames(2, *in_shape)
@@ -56,13 +56,53 @@ def test_diffusion_loss_alone_trains_the_temporal_path():
     model = create_model(TINY)
     _randomise_zero_init(model)
     X, Y = _frames(2, 4, 1, 16, 16), _frames(2, 4, 1, 16, 16, seed=1)
-    _, context = model.mamba_encoder(X)
-    model.head.diffusion_loss(Y, context, generator=torch.Generator().manual_seed(0)).backward()
+    y_mamba, context = model.mamba_encoder(X)
+    model.head.diffusion_loss(Y, context, generator=torch.Generator().manual_seed(0), cond=model._observed(X),
+                              reference=y_mamba).backward()
     encoder_grads = [p.grad for p in model.mamba_encoder.parameters() if p.grad is not None]
     assert encoder_grads and sum(float(g.abs().sum()) for g in encoder_grads) > 0
     # the Mamba layers themselves, not only the convolutions, receive gradient
     assert any(float(p.grad.abs().sum()) > 0 for n, p in model.mamba_encoder.named_parameters()
-               if "layers" in n and p.grad is not None)
+               if "mamba." in n and p.grad is not None)
+
+
+def test_context_and_observed_frame_get_gradient_at_step_0():
+    """A freshly built DIFFUMA: its denoiser's first gradient already reaches the context and the
+    observed frame (patch-embedding path and a small non-zero output layer), where the first version
+    (AdaLN-Zero conditioning only, zero output layer) gave the context exactly zero."""
+    torch.manual_seed(0)
+    X, Y = _frames(2, 4, 1, 16, 16), _frames(2, 4, 1, 16, 16, seed=1)
+
+    def first_step_grads(model):
+        y_mamba, context = model.mamba_encoder(X)
+        context = context.detach().requires_grad_(True)
+        cond = model._observed(X)
+        cond = None if cond is None else cond.clone().requires_grad_(True)
+        delta = model.head.single_pass(y_mamba.detach(), context, cond=cond)
+        torch.nn.functional.mse_loss(y_mamba.detach() + delta, Y).backward()
+        return context.grad, None if cond is None else cond.grad, delta
+
+    context_grad, cond_grad, delta = first_step_grads(create_model(TINY))
+    assert context_grad.abs().sum() > 0 and cond_grad.abs().sum() > 0
+    assert 0 < delta.abs().max() < 0.05  # a small first correction
+    old_context_grad, _, old_delta = first_step_grads(
+        create_model(TINY, context_tokens=False, observed_input=False, final_init_std=0.0))
+    assert torch.count_nonzero(old_context_grad) == 0 and torch.count_nonzero(old_delta) == 0
+
+
+def test_training_runs_the_denoiser_once_per_step():
+    model = create_model(TINY)
+    calls = []
+    model.head.denoiser.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    X, Y = _frames(3, 4, 1, 16, 16), _frames(3, 4, 1, 16, 16, seed=1)
+    model.compute_loss(X, Y)
+    assert calls == [6]  # single pass and diffusion loss stacked along the batch
+    calls.clear()
+    without_diffusion_loss = create_model(TINY, lambda_diff=0.0)
+    without_diffusion_loss.head.denoiser.register_forward_hook(
+        lambda module, args, output: calls.append(args[0].shape[0]))
+    without_diffusion_loss.compute_loss(X, Y)
+    assert calls == [3]
 
 
 def test_ablation_switches():

@@ -23,7 +23,7 @@ from stmodels.nn.embeddings import (
 
 ATTENTIONS = ["spatial", "spacetime"]
 CONDITIONINGS = ["token", "global"]
-PREDICTIONS = ["epsilon", "v", "x0"]
+PREDICTIONS = ["epsilon", "v", "x0", "residual"]
 
 # A tiny non-square configuration: T=3 frames of 2 x 8 x 12 pixels, patch 2 -> a 4 x 6 grid.
 FRAME = (2, 8, 12)
@@ -391,6 +391,78 @@ def test_single_pass_with_oracle_recovers_x0(prediction):
     assert_close(head(y_mamba, None), dx)
 
 
+class _Constant(nn.Module):
+    """Outputs ``value`` everywhere, and counts its calls."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.batches: list[int] = []
+
+    def forward(self, x_t, t, context, cond=None):
+        self.batches.append(x_t.shape[0])
+        return torch.full_like(x_t, self.value)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_residual_single_pass_has_unit_gain(value):
+    head = ResidualDiffusionHead(_Constant(value), prediction="residual", t_star=20).to(torch.float64)
+    y_mamba = torch.rand(2, 3, 1, 4, 4, dtype=torch.float64)
+    dx = head.single_pass(y_mamba, context=None)
+    assert torch.equal(dx, torch.full_like(y_mamba, value))  # zero output: dX = 0; unit output: unit correction
+
+
+def test_residual_target_is_the_correction_of_the_rescaled_sample():
+    schedule = NoiseSchedule(1000).to(torch.float64)
+    x0 = torch.rand(3, 2, 1, 4, 4, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 30, 900])
+    x_t = schedule.q_sample(x0, t, noise)
+    signal, _ = schedule.coefficients(t, x0)
+    target = schedule.prediction_target(x0, noise, t, "residual")
+    assert_close(target, x0 - x_t / signal)
+    assert_close(schedule.predict_x0(x_t, t, target, "residual"), x0)
+    assert_close(schedule.predict_eps(x_t, t, target, "residual"), noise)
+
+
+def test_steps_for_noise_ratio_inverts_the_schedule():
+    schedule = NoiseSchedule(1000).to(torch.float64)
+    ratio = schedule.sqrt_one_minus_alphas_cumprod / schedule.sqrt_alphas_cumprod
+    steps = torch.tensor([0, 36, 55, 999])
+    assert torch.equal(schedule.steps_for_noise_ratio(ratio[steps]), steps)
+    assert torch.equal(schedule.steps_for_noise_ratio(torch.tensor([0.0, 1e9])), torch.tensor([0, 999]))
+
+
+def test_matched_noise_levels_follow_the_reference_error():
+    head = ResidualDiffusionHead(_Constant(0.0), prediction="residual", noise_levels="matched", noise_spread=2.0)
+    y = torch.rand(64, 2, 1, 4, 4)
+    errors = torch.linspace(0.02, 0.3, 64)
+    reference = y + errors[:, None, None, None, None] * torch.randn(1).sign()  # RMS error = errors
+    t = head._draw_steps(y, reference, torch.Generator().manual_seed(0))
+    ratio = (head.schedule.sqrt_one_minus_alphas_cumprod / head.schedule.sqrt_alphas_cumprod)[t]
+    assert ((ratio >= errors / 2 * 0.97) & (ratio <= errors * 2 * 1.03)).all()
+    with pytest.raises(ValueError, match="needs the `reference`"):
+        head.diffusion_loss(y, None)
+    with pytest.raises(ValueError, match="noise_levels"):
+        ResidualDiffusionHead(_Constant(0.0), noise_levels="wide")
+
+
+@pytest.mark.parametrize("prediction", ["residual", "epsilon"])
+def test_training_pass_equals_single_pass_and_diffusion_loss_in_one_call(prediction):
+    torch.manual_seed(0)
+    denoiser = _randomise_zero_init(_denoiser("token"))
+    head = ResidualDiffusionHead(denoiser, prediction=prediction, noise_levels="matched", t_star=10)
+    y, _, context = _inputs()
+    y_mamba = y + 0.1 * torch.randn_like(y)
+    calls = []
+    denoiser.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    delta, diff = head.training_pass(y_mamba, y, context, generator=torch.Generator().manual_seed(1))
+    assert calls == [2 * y.shape[0]]
+    assert_close(delta, head.single_pass(y_mamba, context), rtol=1e-5, atol=1e-6)
+    separate = head.diffusion_loss(y, context, generator=torch.Generator().manual_seed(1), reference=y_mamba)
+    assert_close(diff, separate, rtol=1e-5, atol=1e-7)
+
+
 def test_single_pass_of_fresh_denoiser_is_small():
     head = ResidualDiffusionHead(_denoiser("global"), t_star=5)
     y, _, context = _inputs()
@@ -464,3 +536,21 @@ def test_unknown_backend_fails_at_construction():
 
     with pytest.raises(ValueError, match="DiTBlock: unknown backend 'fast'"):
         Block(8, 2, backend="fast")
+
+
+def test_denoiser_conditioning_images_and_context_tokens():
+    denoiser = _randomise_zero_init(_denoiser("global", cond_channels=2, context_tokens=True))
+    x, t, context = _inputs()
+    cond = torch.randn(x.shape[0], FRAMES, 2, *FRAME[1:])
+    out = denoiser(x, t, context, cond=cond)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, denoiser(x, t, context, cond=torch.zeros_like(cond)))
+    # global AdaLN conditioning pools the context; the token path still sees where things are
+    shifted = context.roll(1, dims=-1)
+    assert not torch.allclose(out, denoiser(x, t, shifted, cond=cond))
+    with pytest.raises(ValueError, match="`cond` must have shape"):
+        denoiser(x, t, context)
+    with pytest.raises(ValueError, match="cond_channels=0"):
+        _denoiser()(x, t, context, cond=cond)
+    with pytest.raises(ValueError, match="cond_channels"):
+        _denoiser(cond_channels=-1)

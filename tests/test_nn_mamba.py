@@ -277,6 +277,8 @@ def test_spatial_blocks_bad_shapes():
 @pytest.mark.parametrize(
     "in_shape, out_frames, kwargs",
     [
+        pytest.param((3, 2, 8, 12), 5, {}, id="latent-Tin<Tout-nonsquare"),
+        pytest.param((4, 1, 12, 8), 2, {"share_directions": True}, id="latent-Tin>Tout-shared"),
         pytest.param((3, 2, 8, 12), 5, {"scan": "spacetime"}, id="spacetime-Tin<Tout-nonsquare"),
         pytest.param((4, 1, 12, 8), 2, {"scan": "time"}, id="time-Tin>Tout-nonsquare"),
         pytest.param((3, 2, 8, 8), 3, {"scan": "spacetime", "direction": "causal"}, id="spacetime-causal"),
@@ -312,11 +314,46 @@ def test_encoder_residual_is_on_the_last_input_frame():
     assert torch.equal(context_residual, context_direct)
 
 
+def test_latent_translator_output_frames_depend_on_the_input_frames():
+    """Each output frame is an input-dependent mix of the input frames (not a fixed Linear(T_in, T_out)):
+    the Jacobian of an output frame with respect to the input frames changes with the input."""
+    torch.manual_seed(0)
+    encoder = small_encoder(dtype=torch.float64)
+    features = torch.randn(1, 3, 8, 2, 3, dtype=torch.float64)
+
+    def first_output_frame(f):
+        return encoder.translator(f)[:, 0]
+
+    jacobian_a = torch.autograd.functional.jacobian(first_output_frame, features)
+    jacobian_b = torch.autograd.functional.jacobian(first_output_frame, 3 * features + 1)
+    per_input_frame = jacobian_a.abs().sum(dim=(0, 1, 2, 3, 4, 6, 7, 8))
+    assert (per_input_frame > 0).all()  # every input frame reaches output frame 0
+    assert not torch.allclose(jacobian_a, jacobian_b)  # and how much depends on the input
+
+
+def test_latent_translator_alternates_scan_order():
+    encoder = small_encoder(depth=3)
+    assert [block.column_major for block in encoder.translator.blocks] == [False, True, False]
+    # Block 1 scans column by column: the same as the Mamba layer on column-major tokens, and not
+    # the same as on row-major ones.
+    block = encoder.translator.blocks[1]
+    tokens = torch.randn(1, 6, encoder.translator_dim)
+    with torch.no_grad():
+        by_column = block.mamba(tokens.reshape(1, 2, 3, -1).transpose(1, 2).reshape(1, 6, -1))
+        by_column = by_column.reshape(1, 3, 2, -1).transpose(1, 2).reshape(1, 6, -1)
+        expected = block.ffn(by_column, (2, 3))
+        by_row = block.ffn(block.mamba(tokens), (2, 3))
+        actual = block(tokens, (2, 3))
+    torch.testing.assert_close(actual, expected)
+    assert not torch.allclose(actual, by_row)
+
+
 def test_encoder_time_scan_mixes_only_within_a_location():
     """scan="time": the Mamba layers see one location's T_in tokens; their output at another location
     is unchanged when this location's features change (checked on the layers' token view)."""
     encoder = small_encoder(scan="time")
     features = torch.randn(2, 3, 8, 2, 3)
+    assert not hasattr(small_encoder(), "readout")  # the latent translator has its own projections
     perturbed = features.clone()
     perturbed[:, :, :, 0, 0] += 1.0
     with torch.no_grad():
@@ -329,7 +366,7 @@ def test_encoder_time_scan_mixes_only_within_a_location():
     assert changed.flatten()[1:].max() > 0  # one sequence per sample: locations do mix
 
 
-@pytest.mark.parametrize("scan", ["spacetime", "time"])
+@pytest.mark.parametrize("scan", ["latent", "spacetime", "time"])
 def test_encoder_gradients_reach_every_parameter(scan):
     encoder = small_encoder(scan=scan, dtype=torch.float64)
     outputs_and_grads(encoder, torch.rand(2, 3, 2, 8, 12, dtype=torch.float64))
@@ -338,13 +375,14 @@ def test_encoder_gradients_reach_every_parameter(scan):
 
 def test_encoder_backend_reaches_every_scan():
     encoder = small_encoder(backend="cuda")
-    assert all(layer.backend == "cuda" for layer in encoder.layers)
+    assert len(encoder.mamba_layers) == 2
+    assert all(layer.backend == "cuda" for layer in encoder.mamba_layers)
     assert "backend='cuda'" in repr(encoder)
     x = torch.rand(1, 3, 2, 8, 12)
     with pytest.raises(BackendNotSupportedError):
         encoder(x)
     encoder.backend = "reference"
-    assert all(layer.backend == "reference" for layer in encoder.layers)
+    assert all(layer.backend == "reference" for layer in encoder.mamba_layers)
     with use_backend("cuda"):
         encoder(x)
     encoder.backend = None
@@ -388,6 +426,8 @@ def test_encoder_bad_input_shape(shape, match):
 @pytest.mark.parametrize(
     "kwargs",
     [
+        pytest.param({"scan": "latent"}, id="latent"),
+        pytest.param({"scan": "latent", "direction": "causal"}, id="latent-causal"),
         pytest.param({"scan": "spacetime"}, id="spacetime"),
         pytest.param({"scan": "time", "share_directions": True}, id="time-shared"),
         pytest.param({"scan": "time", "direction": "causal"}, id="time-causal"),

@@ -10,7 +10,11 @@ Prediction types and their targets for ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t
 
 * ``"epsilon"``: ``eps``;
 * ``"v"``: ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0``;
-* ``"x0"``: ``x0``.
+* ``"x0"``: ``x0``;
+* ``"residual"``: ``x0 - x_t / sqrt(abar_t)``, the correction that turns the rescaled sample into the
+  clean one (``= -sqrt((1 - abar_t) / abar_t) eps``). It makes DIFFUMA's single pass a unit-gain
+  residual: with ``x_t = sqrt(abar_t*) Y_mamba`` the output *is* ``dX`` (see
+  :meth:`ResidualDiffusionHead.single_pass`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NoiseSchedule", "ResidualDiffusionHead", "SCHEDULE_KINDS", "PREDICTION_TYPES", "ddim_timesteps"]
+__all__ = ["NoiseSchedule", "ResidualDiffusionHead", "SCHEDULE_KINDS", "PREDICTION_TYPES", "NOISE_LEVELS",
+           "ddim_timesteps"]
 
 SCHEDULE_KINDS = ("linear", "cosine")
-PREDICTION_TYPES = ("epsilon", "v", "x0")
+PREDICTION_TYPES = ("epsilon", "v", "x0", "residual")
+#: How :meth:`ResidualDiffusionHead.diffusion_loss` draws its steps: ``"uniform"`` over every step
+#: (DDPM), or ``"matched"`` to the error of a reference prediction (the single pass's input).
+NOISE_LEVELS = ("uniform", "matched")
 
 # Improved DDPM's offset and beta clip for the cosine schedule (Nichol & Dhariwal, 2021, Sec. 3.2).
 _COSINE_OFFSET = 0.008
@@ -145,7 +153,8 @@ class NoiseSchedule(nn.Module):
             prediction: ``"epsilon"``, ``"v"`` or ``"x0"``.
 
         Returns:
-            (batch, ...): ``noise``, ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` or ``x0``.
+            (batch, ...): ``noise``, ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0``, ``x0`` or
+            ``-sqrt(1 - abar_t) / sqrt(abar_t) noise`` (residual).
         """
         _check_prediction("NoiseSchedule.prediction_target", prediction)
         if prediction == "epsilon":
@@ -153,6 +162,8 @@ class NoiseSchedule(nn.Module):
         if prediction == "x0":
             return x0
         signal, sigma = self.coefficients(t, x0)
+        if prediction == "residual":
+            return -(sigma / signal) * noise
         return signal * noise - sigma * x0
 
     def predict_x0(
@@ -168,12 +179,15 @@ class NoiseSchedule(nn.Module):
 
         Returns:
             (batch, ...): ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` for epsilon,
-            ``sqrt(abar) x_t - sqrt(1 - abar) v`` for v, the output itself for x0.
+            ``sqrt(abar) x_t - sqrt(1 - abar) v`` for v, the output itself for x0,
+            ``x_t / sqrt(abar) + output`` for residual.
         """
         _check_prediction("NoiseSchedule.predict_x0", prediction)
         if prediction == "x0":
             return output
         signal, sigma = self.coefficients(t, x_t)
+        if prediction == "residual":
+            return x_t / signal + output
         if prediction == "epsilon":
             return (x_t - sigma * output) / signal
         return signal * x_t - sigma * output
@@ -191,7 +205,8 @@ class NoiseSchedule(nn.Module):
 
         Returns:
             (batch, ...): the output itself for epsilon, ``sqrt(1 - abar) x_t + sqrt(abar) v`` for v,
-            ``(x_t - sqrt(abar) x0) / sqrt(1 - abar)`` for x0.
+            ``(x_t - sqrt(abar) x0) / sqrt(1 - abar)`` for x0, ``-sqrt(abar) / sqrt(1 - abar) output``
+            for residual.
         """
         _check_prediction("NoiseSchedule.predict_eps", prediction)
         if prediction == "epsilon":
@@ -199,7 +214,22 @@ class NoiseSchedule(nn.Module):
         signal, sigma = self.coefficients(t, x_t)
         if prediction == "v":
             return sigma * x_t + signal * output
+        if prediction == "residual":
+            return -(signal / sigma) * output
         return (x_t - signal * output) / sigma
+
+    def steps_for_noise_ratio(self, ratio: torch.Tensor) -> torch.Tensor:
+        """The first steps whose noise-to-signal ratio ``sqrt(1 - abar_t) / sqrt(abar_t)`` reaches ``ratio``.
+
+        Args:
+            ratio: (batch,) non-negative ratios (any float dtype and device).
+
+        Returns:
+            (batch,) long steps in ``[0, num_steps)`` on ``ratio``'s device (clamped at the ends).
+        """
+        table = (self.sqrt_one_minus_alphas_cumprod / self.sqrt_alphas_cumprod).double()
+        steps = torch.searchsorted(table, ratio.detach().double().to(table.device).contiguous())
+        return steps.clamp(0, self.num_steps - 1).to(ratio.device)
 
     def extra_repr(self) -> str:
         text = f"num_steps={self.num_steps}, kind={self.kind!r}"
@@ -231,7 +261,13 @@ class ResidualDiffusionHead(nn.Module):
 
     The denoiser is any module called as ``denoiser(x_t, t, context)`` with ``x_t: (batch, T, C, H, W)``,
     ``t: (batch,)`` long steps, returning ``(batch, T, C, H, W)`` of the prediction type (e.g.
-    :class:`~stmodels.nn.dit.DiTDenoiser`). ``head(y_mamba, context)`` is :meth:`single_pass`.
+    :class:`~stmodels.nn.dit.DiTDenoiser`); when the methods get conditioning images ``cond`` it is
+    called as ``denoiser(x_t, t, context, cond=cond)``. ``head(y_mamba, context)`` is :meth:`single_pass`.
+
+    With ``prediction="residual"`` the single pass is a unit-gain residual (a zero output gives
+    ``dX = 0``, a unit output a unit correction), and with ``noise_levels="matched"`` the diffusion
+    loss trains the same output, ``Y - x_t / sqrt(abar_t)``, at noise levels near the error of the
+    prediction the single pass corrects: the two losses ask the same thing of the network.
 
     Args:
         denoiser: the network.
@@ -241,6 +277,11 @@ class ResidualDiffusionHead(nn.Module):
         t_star: the small step at which :meth:`single_pass` treats the temporal prediction as a noisy
             sample, and the default starting step of a refining :meth:`ddim_sample`.
         beta_start, beta_end: the linear schedule's first and last beta.
+        noise_levels: ``"uniform"`` (DDPM: every step equally likely) or ``"matched"``: per sample,
+            the step whose noise-to-signal ratio ``sqrt(1 - abar) / sqrt(abar)`` equals the RMS error
+            of the reference prediction times a log-uniform factor in ``[1 / noise_spread,
+            noise_spread]`` (see :meth:`diffusion_loss`).
+        noise_spread: the spread of matched noise levels, ``>= 1``.
         device: of the schedule buffers; defaults to the denoiser's parameters' device.
     """
 
@@ -253,10 +294,16 @@ class ResidualDiffusionHead(nn.Module):
         t_star: int = 20,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        noise_levels: str = "uniform",
+        noise_spread: float = 2.0,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         _check_prediction("ResidualDiffusionHead", prediction)
+        if noise_levels not in NOISE_LEVELS:
+            raise ValueError(f"ResidualDiffusionHead: `noise_levels` must be one of {NOISE_LEVELS}, got {noise_levels!r}")
+        if not math.isfinite(noise_spread) or noise_spread < 1:
+            raise ValueError(f"ResidualDiffusionHead: `noise_spread` must be a finite float >= 1, got {noise_spread}")
         if not 0 <= t_star < num_steps:
             raise ValueError(f"ResidualDiffusionHead: need 0 <= t_star < num_steps={num_steps}, got {t_star}")
         if device is None:
@@ -266,6 +313,8 @@ class ResidualDiffusionHead(nn.Module):
         self.schedule = NoiseSchedule(num_steps, schedule, beta_start, beta_end, device=device)
         self.prediction = prediction
         self.t_star = t_star
+        self.noise_levels = noise_levels
+        self.noise_spread = float(noise_spread)
 
     @property
     def num_steps(self) -> int:
@@ -274,59 +323,134 @@ class ResidualDiffusionHead(nn.Module):
     def _steps(self, value: int, batch: int, device: torch.device) -> torch.Tensor:
         return torch.full((batch,), value, dtype=torch.long, device=device)
 
+    def _denoise(self, x_t: torch.Tensor, t: torch.Tensor, context, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None:
+            return self.denoiser(x_t, t, context)
+        return self.denoiser(x_t, t, context, cond=cond)
+
+    def _draw_steps(self, y: torch.Tensor, reference: torch.Tensor | None,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        """(batch,) long steps of the diffusion loss (see :meth:`diffusion_loss`)."""
+        batch = y.shape[0]
+        source = generator.device if generator is not None else y.device
+        if self.noise_levels == "uniform":
+            return torch.randint(0, self.num_steps, (batch,), generator=generator, device=source).to(y.device)
+        if reference is None:
+            raise ValueError("diffusion_loss: noise_levels='matched' needs the `reference` prediction")
+        error = (y.detach().float() - reference.detach().float()).square().flatten(1).mean(1).sqrt()
+        spread = math.log(self.noise_spread)
+        factor = torch.exp((torch.rand(batch, generator=generator, device=source) * 2 - 1) * spread)
+        return self.schedule.steps_for_noise_ratio(error * factor.to(y.device))
+
+    def _noised(self, y: torch.Tensor, reference: torch.Tensor | None, generator: torch.Generator | None):
+        """(x_t, t, target) of one diffusion-loss draw on clean frames ``y``."""
+        t = self._draw_steps(y, reference, generator)
+        noise = _randn(y.shape, generator, y.device, y.dtype)
+        x_t = self.schedule.q_sample(y, t, noise)
+        return x_t, t, self.schedule.prediction_target(y, noise, t, self.prediction)
+
     def diffusion_loss(
-        self, y: torch.Tensor, context: torch.Tensor, generator: torch.Generator | None = None
+        self, y: torch.Tensor, context: torch.Tensor, generator: torch.Generator | None = None,
+        cond: torch.Tensor | None = None, reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoising loss on ground-truth frames (DDPM's simple loss for the prediction type).
 
-        Draws ``t ~ U{0, .., num_steps - 1}`` per sample and ``eps ~ N(0, I)`` (from ``generator`` if
-        given), forms ``x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps`` and returns the mean squared
-        error of ``denoiser(x_t, t, context)`` against the target of the prediction type.
+        Draws a step ``t`` per sample (``noise_levels="uniform"``: ``U{0, .., num_steps - 1}``;
+        ``"matched"``: the step whose ``sqrt(1 - abar_t) / sqrt(abar_t)`` is the RMS of
+        ``y - reference`` times a log-uniform factor in ``[1/noise_spread, noise_spread]``) and
+        ``eps ~ N(0, I)`` (from ``generator`` if given), forms
+        ``x_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps`` and returns the mean squared error of
+        ``denoiser(x_t, t, context)`` against the target of the prediction type.
 
         Args:
             y: (batch, T, C, H, W) ground-truth frames.
             context: (batch, T, C_ctx, H', W') conditioning; gradients flow into it.
             generator: random source for ``t`` and ``eps``.
+            cond: (batch, T, C_cond, H, W) conditioning images for the denoiser, or None.
+            reference: (batch, T, C, H, W) the prediction whose error sets matched noise levels
+                (no gradient flows into it).
 
         Returns:
             Scalar float32 loss.
         """
-        batch = y.shape[0]
-        source = generator.device if generator is not None else y.device
-        t = torch.randint(0, self.num_steps, (batch,), generator=generator, device=source).to(y.device)
-        noise = _randn(y.shape, generator, y.device, y.dtype)
-        x_t = self.schedule.q_sample(y, t, noise)
-        target = self.schedule.prediction_target(y, noise, t, self.prediction)
-        output = self.denoiser(x_t, t, context)
+        x_t, t, target = self._noised(y, reference, generator)
+        output = self._denoise(x_t, t, context, cond)
         return F.mse_loss(output.float(), target.float())
 
+    def _single_pass_input(self, y_mamba: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction != "residual":
+            return y_mamba
+        # x_t / sqrt(abar) = y_mamba, so x0_hat = y_mamba + output: the output is dX itself.
+        signal, _ = self.schedule.coefficients(t, y_mamba)
+        return signal * y_mamba
+
+    def _single_pass_steps(self, t_star: int | None, batch: int, device: torch.device) -> torch.Tensor:
+        step = self.t_star if t_star is None else t_star
+        if not 0 <= step < self.num_steps:
+            raise ValueError(f"single_pass: need 0 <= t_star < {self.num_steps}, got {step}")
+        return self._steps(step, batch, device)
+
     def single_pass(
-        self, y_mamba: torch.Tensor, context: torch.Tensor, t_star: int | None = None
+        self, y_mamba: torch.Tensor, context: torch.Tensor, t_star: int | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The residual correction from one denoiser evaluation at ``t_star``.
 
-        Treats ``y_mamba`` as a sample at step ``t*``: ``eps_hat`` from the denoiser output,
-        ``x0_hat = (y_mamba - sqrt(1 - abar_t*) eps_hat) / sqrt(abar_t*)``, ``dX = x0_hat - y_mamba``.
-        For v and x0 prediction ``x0_hat`` uses the equivalent closed form of
-        :meth:`NoiseSchedule.predict_x0`. Note that a freshly built (zero-output) denoiser gives
-        ``dX = (1/sqrt(abar) - 1) y_mamba`` for epsilon, ``(sqrt(abar) - 1) y_mamba`` for v (both
-        small at a small ``t*``) and ``-y_mamba`` for x0 prediction.
+        Treats ``y_mamba`` as a sample at step ``t*`` and returns ``dX = x0_hat - y_mamba``.
+        With ``prediction="residual"`` the denoiser sees ``x_t = sqrt(abar_t*) y_mamba`` (so that
+        ``x_t / sqrt(abar_t*) = y_mamba``) and ``x0_hat = y_mamba + output``: ``dX`` is the output
+        itself, a unit-gain residual, and a zero-output denoiser gives ``dX = 0``. For the other
+        types the denoiser sees ``x_t = y_mamba`` and ``x0_hat`` is
+        :meth:`NoiseSchedule.predict_x0`; a zero output then gives ``dX = (1/sqrt(abar) - 1) y_mamba``
+        for epsilon, ``(sqrt(abar) - 1) y_mamba`` for v and ``-y_mamba`` for x0.
 
         Args:
             y_mamba: (batch, T, C, H, W) the temporal path's prediction.
             context: (batch, T, C_ctx, H', W') conditioning.
             t_star: overrides the head's ``t_star`` for this call.
+            cond: (batch, T, C_cond, H, W) conditioning images for the denoiser, or None.
 
         Returns:
             dX: (batch, T, C, H, W). Gradients flow to y_mamba, context and the denoiser.
         """
-        step = self.t_star if t_star is None else t_star
-        if not 0 <= step < self.num_steps:
-            raise ValueError(f"single_pass: need 0 <= t_star < {self.num_steps}, got {step}")
-        t = self._steps(step, y_mamba.shape[0], y_mamba.device)
-        output = self.denoiser(y_mamba, t, context)
-        x0_hat = self.schedule.predict_x0(y_mamba, t, output.to(y_mamba.dtype), self.prediction)
-        return x0_hat - y_mamba
+        t = self._single_pass_steps(t_star, y_mamba.shape[0], y_mamba.device)
+        x_t = self._single_pass_input(y_mamba, t)
+        output = self._denoise(x_t, t, context, cond).to(y_mamba.dtype)
+        if self.prediction == "residual":
+            return output
+        return self.schedule.predict_x0(x_t, t, output, self.prediction) - y_mamba
+
+    def training_pass(
+        self, y_mamba: torch.Tensor, y: torch.Tensor, context: torch.Tensor,
+        cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`single_pass` and :meth:`diffusion_loss` (reference ``y_mamba``) in one denoiser call.
+
+        The two inputs are stacked along the batch, so the network runs once per training step on
+        ``2 * batch`` samples instead of twice.
+
+        Args:
+            y_mamba: (batch, T, C, H, W) the temporal path's prediction.
+            y: (batch, T, C, H, W) ground-truth frames.
+            context: (batch, T, C_ctx, H', W') conditioning (gradients flow in from both halves).
+            cond: (batch, T, C_cond, H, W) conditioning images, or None.
+            generator: random source of the diffusion loss.
+
+        Returns:
+            (dX: (batch, T, C, H, W), the scalar float32 diffusion loss).
+        """
+        batch = y_mamba.shape[0]
+        t_single = self._single_pass_steps(None, batch, y_mamba.device)
+        x_t, t, target = self._noised(y, y_mamba, generator)
+        inputs = torch.cat([self._single_pass_input(y_mamba, t_single), x_t.to(y_mamba.dtype)])
+        both = lambda value: None if value is None else torch.cat([value, value])  # noqa: E731
+        output = self._denoise(inputs, torch.cat([t_single, t]), both(context), both(cond)).to(y_mamba.dtype)
+        single, noisy = output[:batch], output[batch:]
+        if self.prediction == "residual":
+            delta = single
+        else:
+            delta = self.schedule.predict_x0(inputs[:batch], t_single, single, self.prediction) - y_mamba
+        return delta, F.mse_loss(noisy.float(), target.float())
 
     def forward(self, y_mamba: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """:meth:`single_pass` (same arguments and returns)."""
@@ -342,6 +466,7 @@ class ResidualDiffusionHead(nn.Module):
         start_step: int | None = None,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """DDIM sampling (Song et al., 2021, Eq. 12), from pure noise or refining a prediction.
 
@@ -361,6 +486,7 @@ class ResidualDiffusionHead(nn.Module):
                 the default is ``num_steps - 1``.
             eta: DDIM stochasticity, ``>= 0``.
             generator: random source of every noise draw; the same seed gives the same samples.
+            cond: (batch, T, C_cond, H, W) conditioning images for every denoiser call, or None.
 
         Returns:
             (batch, T, C, H, W) samples in ``init``'s dtype and device, else ``context``'s (else the
@@ -392,7 +518,7 @@ class ResidualDiffusionHead(nn.Module):
         for index, step in enumerate(timesteps):
             last = index + 1 == len(timesteps)
             t = self._steps(step, x.shape[0], x.device)
-            output = self.denoiser(x, t, context).to(x.dtype)
+            output = self._denoise(x, t, context, cond).to(x.dtype)
             x0 = self.schedule.predict_x0(x, t, output, self.prediction)
             eps = self.schedule.predict_eps(x, t, output, self.prediction)
             following = None if last else timesteps[index + 1]
@@ -406,4 +532,5 @@ class ResidualDiffusionHead(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"prediction={self.prediction!r}, t_star={self.t_star}"
+        return (f"prediction={self.prediction!r}, t_star={self.t_star}, noise_levels={self.noise_levels!r}, "
+                f"noise_spread={self.noise_spread}")

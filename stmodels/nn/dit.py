@@ -203,11 +203,15 @@ class DiTFinalLayer(nn.Module):
     """DiT's final layer: ``Linear(adaln_modulate(x, shift, scale))`` back to patch pixels.
 
     ``shift, scale`` come from ``SiLU -> Linear(hidden, 2 * hidden)`` of the conditioning. Both
-    Linears are zero-initialised (DiT), so a fresh denoiser predicts exactly 0.
+    Linears are zero-initialised (DiT), so a fresh denoiser predicts exactly 0, unless
+    ``init_std > 0`` draws the output Linear's weights from ``N(0, init_std^2)``: a fresh denoiser
+    then predicts small values and every input (the context among them) gets gradient from the first
+    step, which DiT's exact zero denies it until the output layer has moved.
 
     Args:
         hidden: token size.
         out_features: pixels per patch, ``p * p * C``.
+        init_std: standard deviation of the output Linear's initial weights (0: zeros, as DiT).
         backend: backend of :func:`~stmodels.ops.adaln_modulate` (None: the global default).
         device, dtype: of the parameters.
     """
@@ -217,6 +221,7 @@ class DiTFinalLayer(nn.Module):
         hidden: int,
         out_features: int,
         backend: str | None = None,
+        init_std: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -224,6 +229,7 @@ class DiTFinalLayer(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.hidden = hidden
         self.out_features = out_features
+        self.init_std = float(init_std)
         self.backend = check_backend_name(backend, type(self).__name__)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden, **factory))
         self.linear = nn.Linear(hidden, out_features, **factory)
@@ -233,6 +239,8 @@ class DiTFinalLayer(nn.Module):
         for layer in (self.modulation[1], self.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.init_std > 0:
+            nn.init.normal_(self.linear.weight, std=self.init_std)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Project tokens to patch pixels.
@@ -260,7 +268,12 @@ class DiTDenoiser(nn.Module):
     """Context-conditioned DiT over a sequence of frames (DIFFUMA's spatial path).
 
     Each frame is cut into ``p x p`` patches (:class:`~stmodels.nn.embeddings.PatchEmbed`), plus a
-    fixed 2-D sin-cos position embedding and a learned per-frame embedding; ``depth``
+    fixed 2-D sin-cos position embedding and a learned per-frame embedding; with ``cond_channels > 0``
+    conditioning images (e.g. the last observed frame) are concatenated to the frames' channels before
+    the patch embedding, and with ``context_tokens=True`` the context, resized to the patch grid, is
+    projected (``Linear(context_channels, hidden)``, not zero-initialised) and added to the tokens, so
+    both reach the network with a live gradient from the first step, besides the zero-initialised
+    AdaLN path below; ``depth``
     :class:`DiTBlock` s; a :class:`DiTFinalLayer` and unpatchify. The conditioning is
     ``TimestepEmbedder(t)`` plus the projected context:
 
@@ -283,6 +296,10 @@ class DiTDenoiser(nn.Module):
         mlp_ratio: MLP width as a multiple of ``hidden``.
         attention: ``"spatial"`` (within each frame) or ``"spacetime"`` (over all frames).
         conditioning: ``"token"`` or ``"global"``.
+        cond_channels: channels of the conditioning images concatenated to ``x`` (0: none).
+        context_tokens: also add the projected context to the tokens (see above).
+        final_init_std: initial weight scale of the final layer's output Linear (0: zeros, DiT's
+            choice; see :class:`DiTFinalLayer`).
         backend: backend of every :func:`~stmodels.ops.adaln_modulate` call (None: the global default).
         device, dtype: of the parameters.
     """
@@ -300,6 +317,9 @@ class DiTDenoiser(nn.Module):
         mlp_ratio: float = 4.0,
         attention: str = "spatial",
         conditioning: str = "token",
+        cond_channels: int = 0,
+        context_tokens: bool = False,
+        final_init_std: float = 0.0,
         backend: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -316,6 +336,8 @@ class DiTDenoiser(nn.Module):
             raise ValueError(f"DiTDenoiser: `hidden` must be divisible by 4 (2-D sin-cos embedding), got {hidden}")
         if heads < 1 or hidden % heads:
             raise ValueError(f"DiTDenoiser: `hidden`={hidden} must be divisible by `heads`={heads}")
+        if cond_channels < 0:
+            raise ValueError(f"DiTDenoiser: `cond_channels` must be >= 0, got {cond_channels}")
         if frames < 1 or depth < 0 or context_channels < 1:
             raise ValueError(
                 f"DiTDenoiser: need frames >= 1, depth >= 0, context_channels >= 1; got {frames}, {depth}, "
@@ -333,10 +355,12 @@ class DiTDenoiser(nn.Module):
         self.mlp_ratio = mlp_ratio
         self.attention = attention
         self.conditioning = conditioning
+        self.cond_channels = int(cond_channels)
+        self.context_tokens = bool(context_tokens)
         self.backend = check_backend_name(backend, type(self).__name__)
         self.grid = (height // patch_size, width // patch_size)
 
-        self.patch_embed = PatchEmbed(channels, hidden, patch_size, **factory)
+        self.patch_embed = PatchEmbed(channels + self.cond_channels, hidden, patch_size, **factory)
         # Fixed, derived from the config: not saved with the weights.
         self.register_buffer(
             "pos_embed",
@@ -346,17 +370,21 @@ class DiTDenoiser(nn.Module):
         self.frame_embed = nn.Parameter(torch.empty(frames, hidden, **factory))
         self.t_embedder = TimestepEmbedder(hidden, **factory)
         self.context_proj = nn.Linear(context_channels, hidden, **factory)
+        self.context_embed = nn.Linear(context_channels, hidden, **factory) if self.context_tokens else None
         self.blocks = nn.ModuleList(
             DiTBlock(hidden, heads, mlp_ratio, attention, backend, **factory) for _ in range(depth)
         )
-        self.final_layer = DiTFinalLayer(hidden, patch_size * patch_size * channels, backend, **factory)
+        self.final_layer = DiTFinalLayer(hidden, patch_size * patch_size * channels, backend,
+                                         init_std=final_init_std, **factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise the denoiser's own layers; the blocks and final layer initialise themselves."""
         nn.init.normal_(self.frame_embed, std=0.02)
-        nn.init.xavier_uniform_(self.context_proj.weight)
-        nn.init.zeros_(self.context_proj.bias)
+        for linear in (self.context_proj, self.context_embed):
+            if linear is not None:
+                nn.init.xavier_uniform_(linear.weight)
+                nn.init.zeros_(linear.bias)
 
     def set_backend(self, backend: str | None) -> None:
         """Use ``backend`` for every :func:`~stmodels.ops.adaln_modulate` call of this denoiser."""
@@ -374,42 +402,57 @@ class DiTDenoiser(nn.Module):
             raise ValueError(f"DiTDenoiser: `t` must have shape (batch,) = ({batch},), got {tuple(t.shape)}")
         return t.to(device)
 
-    def embed_conditioning(self, t: torch.Tensor | int | float, context: torch.Tensor) -> torch.Tensor:
-        """The conditioning ``c`` given to every block.
-
-        Args:
-            t: (batch,) integer or float diffusion steps (a scalar is broadcast).
-            context: (batch, T, context_channels, H', W').
-
-        Returns:
-            (batch, hidden) for ``conditioning="global"``, (batch, T, P, hidden) for ``"token"``.
-        """
+    def _check_context(self, context: torch.Tensor) -> None:
         expected = (self.frames, self.context_channels, *self.context_size)
         if context.dim() != 5 or tuple(context.shape[1:]) != expected:
             raise ValueError(
                 f"DiTDenoiser: `context` must have shape (batch, {', '.join(map(str, expected))}), "
                 f"got {tuple(context.shape)}"
             )
+
+    def _context_per_token(self, context: torch.Tensor) -> torch.Tensor:
+        """(batch, T, C_ctx, H', W') -> (batch, T, P, C_ctx): resized per frame to the patch grid."""
+        batch = context.shape[0]
+        maps = context.reshape(batch * self.frames, self.context_channels, *self.context_size)
+        if self.context_size != self.grid:
+            shrinking = self.grid[0] < self.context_size[0] or self.grid[1] < self.context_size[1]
+            maps = F.interpolate(maps, size=self.grid, mode="bilinear", align_corners=False, antialias=shrinking)
+        return rearrange(maps, "(b t) c h w -> b t (h w) c", b=batch)
+
+    def embed_conditioning(self, t: torch.Tensor | int | float, context: torch.Tensor,
+                           per_token: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning ``c`` given to every block.
+
+        Args:
+            t: (batch,) integer or float diffusion steps (a scalar is broadcast).
+            context: (batch, T, context_channels, H', W').
+            per_token: the context already resized to the patch grid, (batch, T, P, context_channels),
+                if the caller has it.
+
+        Returns:
+            (batch, hidden) for ``conditioning="global"``, (batch, T, P, hidden) for ``"token"``.
+        """
+        self._check_context(context)
         batch = context.shape[0]
         dtype = self.context_proj.weight.dtype
         t_emb = self.t_embedder(self._steps(t, batch, context.device))
         context = context.to(dtype)
         if self.conditioning == "global":
             return t_emb + self.context_proj(context.mean(dim=(1, 3, 4)))
-        maps = context.reshape(batch * self.frames, self.context_channels, *self.context_size)
-        if self.context_size != self.grid:
-            shrinking = self.grid[0] < self.context_size[0] or self.grid[1] < self.context_size[1]
-            maps = F.interpolate(maps, size=self.grid, mode="bilinear", align_corners=False, antialias=shrinking)
-        per_token = rearrange(maps, "(b t) c h w -> b t (h w) c", b=batch)
+        if per_token is None:
+            per_token = self._context_per_token(context)
         return self.context_proj(per_token) + t_emb[:, None, None, :]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, context: torch.Tensor) -> torch.Tensor:
-        """Predict the diffusion target (noise, v or x0, as trained) for noisy frames.
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int | float, context: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the diffusion target (noise, v, x0 or residual, as trained) for noisy frames.
 
         Args:
             x: (batch, T, C, H, W) noisy frames.
             t: (batch,) integer or float diffusion steps (a scalar is broadcast).
             context: (batch, T, context_channels, H', W') conditioning features.
+            cond: (batch, T, cond_channels, H, W) conditioning images concatenated to ``x``'s channels
+                (required when ``cond_channels > 0``, else must be None).
 
         Returns:
             (batch, T, C, H, W) in the parameters' dtype. Gradients flow to x, context and parameters.
@@ -423,9 +466,24 @@ class DiTDenoiser(nn.Module):
             raise ValueError(
                 f"DiTDenoiser: `context` batch {context.shape[0]} differs from `x` batch {x.shape[0]}"
             )
-        c = self.embed_conditioning(t, context)
-        tokens = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype))
+        dtype = self.patch_embed.proj.weight.dtype
+        if self.cond_channels:
+            expected_cond = (x.shape[0], self.frames, self.cond_channels, *self.frame_shape[1:])
+            if cond is None or tuple(cond.shape) != expected_cond:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"DiTDenoiser: `cond` must have shape {expected_cond}, got {got}")
+            x = torch.cat([x.to(dtype), cond.to(dtype)], dim=2)
+        elif cond is not None:
+            raise ValueError("DiTDenoiser: `cond` given but the denoiser was built with cond_channels=0")
+        self._check_context(context)
+        per_token = None
+        if self.context_tokens or self.conditioning == "token":
+            per_token = self._context_per_token(context.to(self.context_proj.weight.dtype))
+        c = self.embed_conditioning(t, context, per_token)
+        tokens = self.patch_embed(x.to(dtype))
         tokens = tokens + self.pos_embed + self.frame_embed[:, None, :]
+        if self.context_embed is not None:
+            tokens = tokens + self.context_embed(per_token)
         for block in self.blocks:
             tokens = block(tokens, c)
         patches = self.final_layer(tokens, c)
@@ -436,5 +494,6 @@ class DiTDenoiser(nn.Module):
             f"frame_shape={self.frame_shape}, frames={self.frames}, context_channels={self.context_channels}, "
             f"context_size={self.context_size}, patch_size={self.patch_size}, hidden={self.hidden}, "
             f"depth={self.depth}, heads={self.heads}, mlp_ratio={self.mlp_ratio}, attention={self.attention!r}, "
-            f"conditioning={self.conditioning!r}, backend={self.backend!r}"
+            f"conditioning={self.conditioning!r}, cond_channels={self.cond_channels}, "
+            f"context_tokens={self.context_tokens}, backend={self.backend!r}"
         )

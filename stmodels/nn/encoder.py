@@ -4,7 +4,7 @@ Reference: Xie et al., "DIFFUMA: High-Fidelity Spatio-Temporal Video Prediction 
 and Diffusion Enhancement", 2025 (the Mamba path); the spatial encoder/decoder follow SimVP's
 (Gao et al., "SimVP: Simpler yet Better Video Prediction", 2022) strided conv stack with a skip from
 the first, full-resolution level. The paper's exact sizes are not public; every size here is a
-documented, configurable default (see ``specs/diffuma.md``, "Temporal path").
+documented, configurable default (see ``docs/architecture.rst``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from torch import nn
 
 from stmodels.nn._common import check_backend_name
 from stmodels.nn.mamba import DIRECTIONS, BiMambaLayer
+from stmodels.nn.translator import LatentTranslator
 
 __all__ = ["SpatialEncoder", "SpatialDecoder", "MambaEncoder"]
 
-SCANS = ("spacetime", "time")
+SCANS = ("latent", "spacetime", "time")
 
 
 def _group_count(channels: int, num_groups: int) -> int:
@@ -194,33 +195,35 @@ class SpatialDecoder(nn.Module):
         return self.readout(self.blocks[-1](x + skip))
 
 
-def _project_time(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Apply ``linear`` (T_in -> T_out) along dim 1 of (batch, T_in, ...) -> (batch, T_out, ...)."""
-    return linear(x.movedim(1, -1)).movedim(-1, 1)
+def _stack_time(features: torch.Tensor) -> torch.Tensor:
+    """(batch, T, C, H', W') -> (batch, H' * W', T * C): every frame's features per location."""
+    return rearrange(features, "b t c h w -> b (h w) (t c)")
 
 
 class MambaEncoder(nn.Module):
     """DIFFUMA's temporal path: frames -> (deterministic prediction ``Y_mamba``, ``context``).
 
     1. :class:`SpatialEncoder` on every input frame: (batch, T_in, C_hid, H', W') and the skip.
-    2. Tokens: ``scan="spacetime"`` makes one sequence of length ``T_in * H' * W'`` per sample, in
-       time-major order (t, h, w), so the scan sees each frame's raster before the next frame;
-       ``scan="time"`` makes one sequence of length ``T_in`` per spatial location
-       (``batch * H' * W'`` sequences).
-    3. ``depth`` x :class:`BiMambaLayer` (d_model = C_hid), then a final LayerNorm (Vision Mamba's
-       ``norm_f``) before the tokens go back to (batch, T_in, C_hid, H', W').
-    4. Temporal projection T_in -> T_out: a learned ``nn.Linear(T_in, T_out)`` applied along the time
-       axis, shared by every channel and location. It is tiny (``T_in * T_out + T_out`` weights,
-       independent of C_hid and of the frame size, unlike a 1x1 conv over stacked frames), and it
-       is initialised to the temporal mean (weights ``1 / T_in``, bias 0), so a fresh encoder hands
-       the decoder well-scaled features for every output frame. The skip gets its own projection of
-       the same form (``skip_time_proj``).
-    5. ``context`` = the projected features (batch, T_out, C_hid, H', W'), the decoder's input and the
+    2. Temporal mixing, by ``scan``:
+
+       * ``"latent"`` (default): the frames are stacked into channels and a
+         :class:`~stmodels.nn.translator.LatentTranslator` (``depth`` blocks of a bidirectional Mamba
+         layer over the ``H' * W'`` latent positions, alternating row- and column-major order, plus a
+         conv feed-forward, width ``translator_dim``) maps them to ``T_out`` frames of features.
+         Each output frame is an input-dependent mix of every input frame, as in SimVP's
+         translator, with the Mamba scans in place of its large-kernel convs.
+       * ``"spacetime"``: ``depth`` :class:`BiMambaLayer` (d_model = C_hid) over one sequence of
+         length ``T_in * H' * W'`` per sample, in time-major order (t, h, w), then a final LayerNorm;
+         ``"time"``: the same over one sequence of length ``T_in`` per location. Then the frames are
+         stacked into channels and ``readout: Linear(T_in * C_hid, T_out * C_hid)`` per location
+         gives ``T_out`` frames (a separate weight for every output frame).
+
+    3. ``context`` = those (batch, T_out, C_hid, H', W') features, the decoder's input and the
        diffusion path's conditioning.
-    6. :class:`SpatialDecoder` on every output frame with the projected skip; with ``residual=True``
-       (default) the decoder predicts the change from the last observed frame,
-       ``Y_mamba = x[:, -1:] + decoder(...)``, which trains faster for video prediction than
-       predicting frames from scratch; ``residual=False`` predicts frames directly.
+    4. :class:`SpatialDecoder` on every output frame, with the last observed frame's first-level
+       features as the skip (SimVP's rule for ``T_in != T_out``); with ``residual=True`` (default)
+       the decoder predicts the change from the last observed frame,
+       ``Y_mamba = x[:, -1:] + decoder(...)``; ``residual=False`` predicts frames directly.
 
     Frames of another H and W than ``in_shape`` are accepted (the path is fully convolutional and the
     scans take any length) as long as both are divisible by ``2**num_downsamples``; ``T_in`` and ``C``
@@ -229,15 +232,18 @@ class MambaEncoder(nn.Module):
     Args:
         in_shape: (T_in, C, H, W) of the input sequences.
         out_frames: ``T_out``, the number of predicted frames.
-        hidden_channels: ``C_hid``, the width of the conv stacks and of the Mamba tokens.
+        hidden_channels: ``C_hid``, the width of the conv stacks (and of the Mamba tokens for
+            ``scan="spacetime"`` / ``"time"``).
         num_downsamples: stride-2 levels ``k`` of the spatial encoder; ``H' = H / 2**k``.
-        depth: number of :class:`BiMambaLayer`.
+        depth: number of Mamba layers (translator blocks for ``scan="latent"``).
         d_state, d_conv, expand: the layers' state size, conv width and expansion.
-        scan: ``"spacetime"`` (default) or ``"time"``; see step 2.
+        scan: ``"latent"`` (default), ``"spacetime"`` or ``"time"``; see step 2.
         direction: ``"bidirectional"`` (default) or ``"causal"`` for every layer.
         share_directions: one parameter set for both scan directions (bidirectional only).
         num_groups: GroupNorm groups of the conv stacks.
         residual: predict frames as a change from the last input frame (default) or directly.
+        translator_dim: token size of the latent translator (``scan="latent"`` only).
+        mlp_ratio: feed-forward width of the translator blocks, over ``translator_dim``.
         backend: scan backend of every layer (None: follow :func:`stmodels.ops.use_backend` /
             ``STMODELS_BACKEND``); setting ``encoder.backend`` later updates every layer.
         device, dtype: factory arguments of the parameters.
@@ -257,11 +263,13 @@ class MambaEncoder(nn.Module):
         d_state: int = 16,
         d_conv: int = 4,
         expand: int = 2,
-        scan: str = "spacetime",
+        scan: str = "latent",
         direction: str = "bidirectional",
         share_directions: bool = False,
         num_groups: int = 8,
         residual: bool = True,
+        translator_dim: int = 256,
+        mlp_ratio: float = 4.0,
         backend: str | None = None,
         device=None,
         dtype=None,
@@ -286,6 +294,7 @@ class MambaEncoder(nn.Module):
         self.hidden_channels = _check_positive(where, "hidden_channels", hidden_channels)
         self.num_downsamples = num_downsamples
         self.depth = _check_positive(where, "depth", depth)
+        self.translator_dim = _check_positive(where, "translator_dim", translator_dim)
         self.scan = scan
         self.direction = direction
         self.share_directions = bool(share_directions)
@@ -294,26 +303,24 @@ class MambaEncoder(nn.Module):
 
         factory = {"device": device, "dtype": dtype}
         frames_in, channels = in_shape[0], in_shape[1]
+        mamba = dict(d_state=d_state, d_conv=d_conv, expand=expand, direction=direction,
+                     share_directions=share_directions, backend=backend)
         self.spatial_encoder = SpatialEncoder(channels, hidden_channels, num_downsamples, num_groups,
                                               **factory)
-        self.layers = nn.ModuleList(
-            BiMambaLayer(hidden_channels, d_state=d_state, d_conv=d_conv, expand=expand, direction=direction,
-                         share_directions=share_directions, backend=backend, **factory)
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(hidden_channels, **factory)
-        self.time_proj = nn.Linear(frames_in, out_frames, **factory)
-        self.skip_time_proj = nn.Linear(frames_in, out_frames, **factory)
+        if scan == "latent":
+            self.translator = LatentTranslator(frames_in, out_frames, hidden_channels, translator_dim, depth,
+                                               mlp_ratio=mlp_ratio, **mamba, **factory)
+        else:
+            self.layers = nn.ModuleList(BiMambaLayer(hidden_channels, **mamba, **factory) for _ in range(depth))
+            self.norm = nn.LayerNorm(hidden_channels, **factory)
+            self.readout = nn.Linear(frames_in * hidden_channels, out_frames * hidden_channels, **factory)
         self.spatial_decoder = SpatialDecoder(hidden_channels, channels, num_downsamples, num_groups,
                                               **factory)
-        self.reset_time_projections()
 
-    @torch.no_grad()
-    def reset_time_projections(self) -> None:
-        """Start both temporal projections as the mean over input frames (see the class docstring)."""
-        for linear in (self.time_proj, self.skip_time_proj):
-            linear.weight.fill_(1.0 / self.in_shape[0])
-            linear.bias.zero_()
+    @property
+    def mamba_layers(self) -> list[BiMambaLayer]:
+        """Every :class:`BiMambaLayer` of the path (the translator's, or ``layers``)."""
+        return self.translator.layers if self.scan == "latent" else list(self.layers)
 
     @property
     def backend(self) -> str | None:
@@ -323,7 +330,9 @@ class MambaEncoder(nn.Module):
     @backend.setter
     def backend(self, value: str | None) -> None:
         self._backend = check_backend_name(value, type(self).__name__)
-        for layer in self.layers:
+        if self.scan == "latent":
+            self.translator.backend = value
+        for layer in self.mamba_layers:
             layer.backend = value
 
     def extra_repr(self) -> str:
@@ -345,7 +354,7 @@ class MambaEncoder(nn.Module):
         _check_divisible(where, tuple(x.shape), x.shape[-2], x.shape[-1], self.num_downsamples)
 
     def _mix(self, features: torch.Tensor) -> torch.Tensor:
-        """The Mamba layers on (batch, T_in, C_hid, H', W') features, same shape out."""
+        """The per-frame Mamba layers (``scan="spacetime"`` / ``"time"``): (batch, T_in, C_hid, H', W'), same out."""
         batch, frames, _, height, width = features.shape
         if self.scan == "spacetime":
             tokens = rearrange(features, "b t c h w -> b (t h w) c")
@@ -357,6 +366,14 @@ class MambaEncoder(nn.Module):
         if self.scan == "spacetime":
             return rearrange(tokens, "b (t h w) c -> b t c h w", t=frames, h=height, w=width)
         return rearrange(tokens, "(b h w) t c -> b t c h w", b=batch, h=height, w=width)
+
+    def _translate(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, T_in, C_hid, H', W') -> the context (batch, T_out, C_hid, H', W')."""
+        if self.scan == "latent":
+            return self.translator(features)
+        _, _, _, height, width = features.shape
+        mixed = self.readout(_stack_time(self._mix(features)))
+        return rearrange(mixed, "b (h w) (t c) -> b t c h w", h=height, w=width, t=self.out_frames)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict ``T_out`` frames deterministically and return the diffusion path's conditioning.
@@ -371,9 +388,9 @@ class MambaEncoder(nn.Module):
         self._check_input(x)
         batch = x.shape[0]
         features, skip = self.spatial_encoder(x.flatten(0, 1))
-        features = self._mix(features.unflatten(0, (batch, -1)))
-        context = _project_time(self.time_proj, features)
-        skip = _project_time(self.skip_time_proj, skip.unflatten(0, (batch, -1)))
+        context = self._translate(features.unflatten(0, (batch, -1)))
+        # The last observed frame's first-level features serve every output frame (SimVP's T_in != T_out rule).
+        skip = skip.unflatten(0, (batch, -1))[:, -1:].expand(-1, self.out_frames, -1, -1, -1)
         decoded = self.spatial_decoder(context.flatten(0, 1), skip.flatten(0, 1)).unflatten(0, (batch, -1))
         y_mamba = x[:, -1:] + decoded if self.residual else decoded
         return y_mamba, context
