@@ -207,6 +207,17 @@ def extension_modules():
             sidecar.parent.mkdir(parents=True, exist_ok=True)
             sidecar.write_text(json.dumps(build_info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
+        def copy_extensions_to_source(self):
+            # Editable installs build into build/ and copy only the binaries into the tree: copy the
+            # build info file beside them too.
+            super().copy_extensions_to_source()
+            build_py = self.get_finalized_command("build_py")
+            for ext in self.extensions:
+                inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+                built = Path(regular_file).parent / BUILD_INFO_FILE
+                if built.exists():
+                    self.copy_file(str(built), str(Path(inplace_file).parent / BUILD_INFO_FILE), level=self.verbose)
+
     return [extension], {"build_ext": BuildWithIsaVariants.with_options(use_ninja=False)}, torch.__version__
 
 

@@ -82,6 +82,18 @@ def test_mismatch_reason_names_both_versions_and_the_rebuild_command():
                       "rebuild with `pip install -e . --no-build-isolation`")
 
 
+def test_the_build_records_its_torch_beside_the_binary():
+    if not _ext.available():
+        pytest.skip(f"no extension loaded: {_ext.load_error()}")
+    import importlib.util
+
+    origin = Path(importlib.util.find_spec("stmodels._C").origin)
+    recorded = _ext._read_recorded_build_info(str(origin))
+    assert recorded is not None, f"{origin.parent / _ext.BUILD_INFO_FILE} is missing: rebuild (make build)"
+    assert recorded["torch_version"] == torch.__version__ == _ext.build_info()["torch_version"]
+    assert recorded["stmodels_version"] == stmodels.__version__
+
+
 def test_a_recorded_other_torch_keeps_the_binary_unloaded(monkeypatch):
     if _ext.available() is False and _ext.torch_mismatch() is None:
         pytest.skip(f"no extension to guard: {_ext.load_error()}")
