@@ -46,7 +46,7 @@ nitpick_ignore_regex = [
     (r"py:(class|func|data|exc)", r"(torch|numpy|os|pathlib|collections\.abc)\..*"),
     (r"py:class", r"(Module|Tensor)"),
     (r"py:mod", r"stmodels\.ops\._backend"),
-    (r"py:(class|func)", r"(DiTFinalLayer|ddim_timesteps)"),  # internal helpers of stmodels.nn
+    (r"py:(class|func)", r"(DiTFinalLayer|ddim_timesteps|LatentMambaBlock)"),  # internal helpers of stmodels.nn
 ]
 
 # Google-style docstrings (Args:, Returns:, Raises:, Example:).
