@@ -24,10 +24,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Runtime and build requirements (enough for `make demo`), then the test/docs tools on top.
+# Runtime and build requirements, then per target what it needs on top: `make demo` the [viz]
+# extra (its loss plot), `make test` the test/docs tools and every extra (requirements-dev.txt).
 $(RUNTIME_STAMP): requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "$(TRITON_SPEC)"
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+DEMO_STAMP := $(VENV)/.stmodels-demo
+$(DEMO_STAMP): requirements-demo.txt $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-demo.txt
 	touch $@
 
 $(DEPS_STAMP): requirements-dev.txt $(RUNTIME_STAMP)
@@ -45,7 +51,7 @@ test: $(BUILD_STAMP) $(DEPS_STAMP)
 
 # The main job: DIFFUMA vs its Mamba-only ablation vs copy-last-frame on synthetic dicing-lane video
 # (about 10 minutes on a 2-core CPU; outputs in outputs/diffuma_chdl; rerunning resumes).
-demo: $(BUILD_STAMP)
+demo: $(BUILD_STAMP) $(DEMO_STAMP)
 	$(BIN)/python examples/diffuma_chdl.py --out outputs/diffuma_chdl
 
 # A quick side-by-side timing of the kernels against their references and peers.
@@ -54,10 +60,10 @@ kernel-demo: $(BUILD_STAMP) $(DEPS_STAMP)
 	$(BIN)/python benchmarks/demo.py
 
 docs: $(BUILD_STAMP) $(DEPS_STAMP)
-	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -n -W --keep-going -q -b html docs docs/_build/html
 
 bench: $(BUILD_STAMP) $(DEPS_STAMP)
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
 clean:
-	rm -rf build docs/_build stmodels/_C*.so *.egg-info $(BUILD_STAMP)
+	rm -rf build docs/_build stmodels/_C*.so stmodels/_C_build_info.json *.egg-info $(BUILD_STAMP)

@@ -15,6 +15,7 @@ already installed.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import json
 import os
@@ -33,6 +34,34 @@ ISA_FLAGS = {
     "_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
     "_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
 }
+
+
+# The runtime dependencies: what stmodels imports at module level. Optional features are extras
+# (pyproject.toml); torch is added by `install_requires()`.
+CORE_DEPENDENCIES = ["numpy", "einops", "safetensors", "pillow", "tifffile", "tqdm"]
+BUILD_INFO_FILE = "_C_build_info.json"
+
+
+def read_version() -> str:
+    """``stmodels.__version__``, the one version source, read without importing the package."""
+    tree = ast.parse((ROOT / "stmodels" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("stmodels/__init__.py defines no __version__")
+
+
+def torch_series_requirement(torch_version: str) -> str:
+    """``torch>=X.Y,<X.Y+1`` for torch ``X.Y.z``: the series a compiled extension can run with."""
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
+def install_requires(built_torch: str | None) -> list[str]:
+    # A wheel with stmodels._C only works with the torch series it was compiled against; a
+    # pure-Python install (STMODELS_SKIP_EXT=1) runs with any recent torch.
+    torch_requirement = torch_series_requirement(built_torch) if built_torch else "torch>=2.4"
+    return [torch_requirement] + CORE_DEPENDENCIES
 
 
 def env_flag(name: str) -> bool:
@@ -90,7 +119,7 @@ def write_build_info(info: dict) -> None:
 def extension_modules():
     if env_flag("STMODELS_SKIP_EXT"):
         print("stmodels: STMODELS_SKIP_EXT=1, building without the compiled extension", file=sys.stderr)
-        return [], {}
+        return [], {}, None
 
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -106,22 +135,21 @@ def extension_modules():
     cuda_sources = relative_sources("**/*.cu") if with_cuda else []
     isa_variants = sorted({s for src in sources for s in ISA_FLAGS if src.endswith(s)})
 
-    write_build_info(
-        {
-            "stmodels_version": "0.1.0",
-            "torch_version": torch.__version__,
-            "cuda_version": torch.version.cuda,
-            "with_cuda": bool(cuda_sources),
-            "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs" if cuda_sources else None),
-            "cxx_flags": cxx_flags,
-            "nvcc_flags": cuda_flags if cuda_sources else None,
-            "isa_variants": [v.removeprefix("_").removesuffix(".cpp") for v in isa_variants],
-            "debug": debug,
-            "compiler_platform": platform.platform(),
-            "python": platform.python_version(),
-            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-    )
+    build_info = {
+        "stmodels_version": read_version(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "with_cuda": bool(cuda_sources),
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs" if cuda_sources else None),
+        "cxx_flags": cxx_flags,
+        "nvcc_flags": cuda_flags if cuda_sources else None,
+        "isa_variants": [v.removeprefix("_").removesuffix(".cpp") for v in isa_variants],
+        "debug": debug,
+        "compiler_platform": platform.platform(),
+        "python": platform.python_version(),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_build_info(build_info)
 
     extension_class = CUDAExtension if cuda_sources else CppExtension
     compile_args = {"cxx": cxx_flags}
@@ -178,14 +206,32 @@ def extension_modules():
                 super().build_extension(ext)
             finally:
                 compiler.compile = original_compile
+            # Beside the binary, the same metadata as a file: stmodels._ext reads the torch version
+            # from it before loading the binary, which a mismatched torch could crash.
+            sidecar = Path(self.get_ext_fullpath(ext.name)).parent / BUILD_INFO_FILE
+            sidecar.parent.mkdir(parents=True, exist_ok=True)
+            sidecar.write_text(json.dumps(build_info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    return [extension], {"build_ext": BuildWithIsaVariants.with_options(use_ninja=False)}
+        def copy_extensions_to_source(self):
+            # Editable installs build into build/ and copy only the binaries into the tree: copy the
+            # build info file beside them too.
+            super().copy_extensions_to_source()
+            build_py = self.get_finalized_command("build_py")
+            for ext in self.extensions:
+                inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
+                built = Path(regular_file).parent / BUILD_INFO_FILE
+                if built.exists():
+                    self.copy_file(str(built), str(Path(inplace_file).parent / BUILD_INFO_FILE), level=self.verbose)
+
+    return [extension], {"build_ext": BuildWithIsaVariants.with_options(use_ninja=False)}, torch.__version__
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import nvcc_flags from it
-    ext_modules, cmdclass = extension_modules()
+    ext_modules, cmdclass, built_torch = extension_modules()
 
     setup(
+        version=read_version(),
+        install_requires=install_requires(built_torch),
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         entry_points={"console_scripts": ["stmodels = stmodels.cli:main"]},

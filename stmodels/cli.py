@@ -1,4 +1,5 @@
-"""The ``stmodels`` command line: ``data make-chdl``, ``train``, ``eval``, ``predict``, ``info``.
+"""The ``stmodels`` command line (also ``python -m stmodels``): ``data make-chdl``, ``train``, ``eval``,
+``predict``, ``export``, ``models``, ``info``.
 
 Run ``stmodels <command> --help`` for each command's options.
 """
@@ -9,6 +10,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from stmodels._cli_extra import (  # the packaging-side commands and options, in their own module
+    _add_backend_option,
+    _add_config_option,
+    _add_export_command,
+    _add_models_command,
+    _backend_choice,
+    _check_channels,
+    _cmd_export,
+    _cmd_models,
+    _data_channels,
+    _refuse_untrainable,
+    _reparse_with_config_file,
+)
 
 __all__ = ["main"]
 
@@ -58,22 +73,23 @@ def _cmd_train(args) -> int:
     import torch
 
     overrides = _parse_overrides(args.set)
-    if args.backend:
-        overrides["backend"] = args.backend
     torch.manual_seed(args.seed)  # the initial weights, like everything else in the run, follow --seed
     probe = create_model(args.model, **overrides)
+    _refuse_untrainable(args.model, probe)
     T_in, channels, height, _ = probe.config.in_shape
     spec = parse_data_spec(
         args.data, in_frames=args.in_frames or T_in, out_frames=args.out_frames or probe.config.out_frames,
-        size=args.size or height, channels=channels, train_sequences=args.train_sequences,
+        size=args.size or height, channels=_data_channels(args.data, channels), train_sequences=args.train_sequences,
         val_sequences=args.val_sequences, stride=args.stride, seed=args.data_seed,
+        **getattr(args, "data_extra", {}),
     )
     train_set, val_set = spec.build("train"), spec.build("val")
     inputs, targets = train_set[0]
+    _check_channels(args.data, overrides, inputs.shape[1])
     overrides.update(in_shape=tuple(inputs.shape), out_frames=targets.shape[0])
     torch.manual_seed(args.seed)
     model = create_model(args.model, **overrides)
-    config = TrainConfig(
+    config = TrainConfig(**getattr(args, "train_extra", {}),
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip or None, ema_decay=args.ema, precision=args.precision, seed=args.seed,
@@ -148,8 +164,15 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _add_version_option(parser: argparse.ArgumentParser) -> None:
+    from stmodels import __version__
+
+    parser.add_argument("--version", action="version", version=f"stmodels {__version__}")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stmodels", description="Spatio-temporal prediction models and kernels.")
+    _add_version_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="backends per device and the extension's build metadata")
 
@@ -185,7 +208,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-samples", type=int, default=None, help="cap on validation samples")
     train.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
     train.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt if present")
-    train.add_argument("--backend", default=None, help="kernel backend for the model's ops")
+    train.add_argument("--backend", default=None,
+                       help="kernel backend of the model's ops (a runtime choice, not saved with the model)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="model config override, e.g. --set scan=time --set lambda_diff=0.5")
     train.add_argument("--device", default="auto")
@@ -204,6 +228,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--data-range", type=float, default=1.0, help="SSIM data range (2.0: OpenSTL's)")
     evaluation.add_argument("--seed", type=int, default=0, help="seed of DDIM's noise")
     evaluation.add_argument("--device", default="auto")
+    _add_backend_option(evaluation)
 
     predict = commands.add_parser("predict", help="predict future frames of your own sequences (no ground truth)")
     predict.add_argument("--run", required=True, help="run folder written by `stmodels train`")
@@ -217,19 +242,28 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     predict.add_argument("--device", default="auto")
+    _add_backend_option(predict)
+    _add_config_option(train)
+    _add_models_command(commands)
+    _add_export_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
     if args.command == "info":
         from stmodels.info import main as info_main
 
         info_main()
         return 0
-    handlers = {"data": _cmd_make_chdl, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}
+    handlers = {"data": _cmd_make_chdl, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
+                "models": _cmd_models, "export": _cmd_export}
     try:
-        return handlers[args.command](args)
+        if getattr(args, "config", None):
+            args = _reparse_with_config_file(parser, argv, args.config)
+        with _backend_choice(getattr(args, "backend", None)):
+            return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         # Bad input: one clear line, not a traceback (set STMODELS_DEBUG=1 for the traceback).
         import os

@@ -63,7 +63,10 @@ def main() -> None:
         if row["why_not"]:
             print(f"{'':<17}why not: {row['why_not']}")
     print()
-    if _ext.available():
+    if _ext.torch_mismatch():
+        print(f"extension stmodels._C: NOT LOADED, torch mismatch: {_ext.torch_mismatch()}")
+        print(json.dumps(_ext.build_info(), indent=2, sort_keys=True))
+    elif _ext.available():
         print("extension stmodels._C build:")
         print(json.dumps(_ext.build_info(), indent=2, sort_keys=True))
     else:

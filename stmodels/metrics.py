@@ -307,8 +307,9 @@ def compute_metrics(
         is ``inf`` if any frame is predicted exactly (see the module notes).
 
     Raises:
-        TypeError: non-floating or non-array inputs. ValueError: wrong rank, mismatched shapes or
-        devices, frames smaller than 7x7, no frames, bad ``data_range`` or ``reduction``.
+        TypeError: non-floating or non-array inputs.
+        ValueError: wrong rank, mismatched shapes or devices, frames smaller than 7x7, no frames,
+            a bad ``data_range`` or ``reduction``.
     """
     acc = MetricAccumulator(data_range=data_range, reduction=reduction)
     p, t = _check_pair(pred, true, for_ssim=True)

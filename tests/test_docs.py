@@ -19,7 +19,7 @@ def test_docs_build_without_warnings(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"), str(out)],
+        [sys.executable, "-m", "sphinx", "-n", "-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"), str(out)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, f"sphinx failed ({result.returncode}):\n{result.stderr}\n{result.stdout}"

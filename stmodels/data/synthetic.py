@@ -370,7 +370,7 @@ def make_chdl_folder(
         raise ValueError(f"make_chdl_folder: every split needs at least one sequence, got {splits}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True, or --overwrite on the command line, to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     dtype, scale = (np.uint8, 255.0) if bit_depth == 8 else (np.uint16, 65535.0)
     digits = max(4, len(str(frames - 1)))

@@ -4,6 +4,11 @@
 replaced; ``in_shape=(T_in, C, H, W)`` and ``out_frames=T_out`` follow OpenSTL's convention.
 ``model.save_pretrained(dir)`` writes ``config.json`` (the registered name and the config) and
 ``model.safetensors``; ``from_pretrained(dir)`` rebuilds the model and loads the weights exactly.
+
+Runtime fields (:data:`RUNTIME_FIELDS`, e.g. ``backend``) choose how a model runs, not what it
+is: they are accepted by ``create_model`` and ``from_pretrained`` but never written to a saved
+config, and a saved config that has them (files of older versions) loads with their value ignored.
+A model saved on one backend therefore loads and runs on any.
 """
 
 from __future__ import annotations
@@ -28,10 +33,23 @@ __all__ = [
     "from_pretrained",
     "list_models",
     "model_config",
+    "model_description",
+    "RUNTIME_FIELDS",
+    "saved_fields",
 ]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+
+#: Config fields that choose how a model runs (its kernel backend), not what it computes. They are
+#: left out of every saved config, ignored when read from one, and set by ``create_model(..., backend=)``,
+#: ``from_pretrained(..., backend=)``, :func:`stmodels.ops.use_backend` or ``STMODELS_BACKEND``.
+RUNTIME_FIELDS = ("backend",)
+
+
+def saved_fields(values: dict[str, Any] | None) -> dict[str, Any]:
+    """A saved config's fields without the runtime ones (which older files may still carry)."""
+    return {k: v for k, v in (values or {}).items() if k not in RUNTIME_FIELDS}
 
 
 @dataclasses.dataclass
@@ -39,7 +57,8 @@ class ModelConfig:
     """Base of every model config: a JSON-serialisable dataclass."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields to save, all but :data:`~stmodels.models.registry.RUNTIME_FIELDS`."""
+        return saved_fields(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
@@ -56,7 +75,7 @@ class ModelConfig:
         return cls(**converted)
 
     def replace(self, **overrides):
-        return self.from_dict({**self.to_dict(), **overrides})
+        return self.from_dict({**dataclasses.asdict(self), **overrides})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +100,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_description(name: str) -> str:
+    """The one-line description ``name`` was registered with."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    return _REGISTRY[name].description
+
+
 def model_config(name: str, **overrides) -> ModelConfig:
     """The preset config of ``name`` with ``overrides`` applied."""
     if name not in _REGISTRY:
@@ -88,12 +114,33 @@ def model_config(name: str, **overrides) -> ModelConfig:
     return _REGISTRY[name].config.replace(**overrides)
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def create_model(name: str, pretrained: bool | str | os.PathLike = False, **overrides) -> nn.Module:
     """Build the registered model ``name``; keyword overrides replace fields of its preset config.
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: False (fresh weights), or a folder written by ``save_pretrained`` (a run's
+            ``RUN/model``, or the run folder itself) to load, in eval mode, with ``overrides`` that
+            keep parameter shapes (e.g. ``backend``). stmodels publishes no downloadable weights, so
+            True is an error.
+        overrides: config fields, e.g. ``in_shape``, ``out_frames``, ``backend``.
 
     Example:
         >>> model = create_model("diffuma_tiny", in_shape=(4, 1, 32, 48), out_frames=6)
     """
+    if pretrained is True:
+        raise ValueError(f"create_model({name!r}, pretrained=True): stmodels has no downloadable weights; "
+                         "train a model (stmodels train) and pass pretrained=DIR, a folder written by "
+                         "save_pretrained (a run's RUN/model)")
+    if pretrained is not False and pretrained is not None:
+        directory = Path(pretrained)
+        if not (directory / CONFIG_FILE).is_file() and (directory / "model" / CONFIG_FILE).is_file():
+            directory = directory / "model"  # a run folder: its exported model
+        model = from_pretrained(directory, **overrides)
+        if model.registered_name != name:
+            raise ValueError(f"create_model({name!r}, pretrained={str(pretrained)!r}): that folder holds a "
+                             f"{model.registered_name!r} model, not {name!r}")
+        return model
     config = model_config(name, **overrides)
     model = _REGISTRY[name].builder(config)
     model.registered_name = name
@@ -137,6 +184,9 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device | N
         directory: the folder with ``config.json`` and ``model.safetensors``.
         device: where to put the weights (default: CPU).
         overrides: config fields to replace that do not change parameter shapes (e.g. ``backend``).
+
+    Returns:
+        The model in eval mode (call ``.train()`` to fine-tune it).
     """
     from safetensors.torch import load_file
 
@@ -152,10 +202,10 @@ def from_pretrained(directory: str | os.PathLike, device: str | torch.device | N
     name = meta["model"]
     if name not in _REGISTRY:
         raise ValueError(f"from_pretrained: {config_path} names unknown model {name!r}; registered: {list_models()}")
-    config = type(_REGISTRY[name].config).from_dict(meta["config"]).replace(**overrides)
+    config = type(_REGISTRY[name].config).from_dict(saved_fields(meta["config"])).replace(**overrides)
     model = _REGISTRY[name].builder(config)
     model.registered_name = name
     model.load_state_dict(load_file(str(weights_path), device=str(device or "cpu")), strict=True)
     if device is not None:
         model.to(device)
-    return model
+    return model.eval()

@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -83,7 +84,7 @@ def _cuda_kernels_reason() -> str | None:
 def _triton_reason() -> str | None:
     # find_spec, not import: importing triton costs a second and is only needed to run its kernels.
     if importlib.util.find_spec("triton") is None:
-        return "triton is not installed; `pip install triton`"
+        return "triton is not installed; `pip install stmodels[triton]`"
     return None
 
 
@@ -308,6 +309,18 @@ def _reasons(op: str, backend: str, args, tensors: Mapping[str, torch.Tensor | N
     return reasons
 
 
+_mismatch_warned = False
+
+
+def _warn_torch_mismatch_once() -> None:
+    """``auto`` skipped the compiled backends because the binary is for another torch: say so once."""
+    global _mismatch_warned
+    if not _mismatch_warned:
+        _mismatch_warned = True
+        warnings.warn(f"{_ext.torch_mismatch()}; until then `auto` runs the slower fallback backends",
+                      RuntimeWarning, stacklevel=4)
+
+
 def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torch.Tensor | None], main: str,
                   caller: str | None = None):
     """Pick the kernel that runs ``op`` for these inputs; returns ``(backend_name, kernel)``.
@@ -333,6 +346,8 @@ def select_kernel(op: str, backend: str | None, args, tensors: Mapping[str, torc
     for candidate in AUTO_PRIORITY.get(device, ("reference",)):
         reasons = _reasons(op, candidate, args, tensors, main)
         if not reasons:
+            if tried and _ext.torch_mismatch() is not None:
+                _warn_torch_mismatch_once()
             return candidate, _KERNELS[op][candidate][0]
         tried.append(f"  - {candidate}: {'; '.join(reasons)}")
     raise BackendNotSupportedError(f"{where}: no backend can run these inputs:\n" + "\n".join(tried))

@@ -55,7 +55,9 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
         path = Path(checkpoint)
     state = load_checkpoint(path)
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
-    model = create_model(config["model"], **{**(config.get("model_config") or {}), **overrides})
+    from stmodels.models.registry import saved_fields  # drops the runtime `backend` older runs saved
+
+    model = create_model(config["model"], **{**saved_fields(config.get("model_config")), **overrides})
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

@@ -161,7 +161,7 @@ class Trainer:
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights used for evaluation and export: the EMA when enabled, else the model."""
+        """The EMA of the weights when enabled, else the model; evaluation and export use it."""
         return self.ema.module if self.ema is not None else self.model
 
     def run_config(self) -> dict[str, Any]:
@@ -404,9 +404,12 @@ class Trainer:
             self._epochs_bar.update(1)
         self.epoch_sums = {"loss": 0.0, "recon": 0.0, "diff": 0.0, "batches": 0, "seconds": 0.0}
         self.save()
-        if self.context.is_main and not cfg.quiet and not sys.stderr.isatty():
+        if self.context.is_main and not cfg.quiet:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step"))
-            print(f"epoch {row['epoch']} step {row['step']}/{self.total_steps}: {shown}", flush=True)
+            # tqdm.write prints above the live bars, so the line stays on screen after they are gone.
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"epoch {row['epoch']} step {row['step']}/{self.total_steps}: {shown}", file=sys.stdout)
         for callback in self.callbacks:
             if hasattr(callback, "on_epoch_end"):
                 callback.on_epoch_end(self, row)

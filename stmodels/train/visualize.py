@@ -20,7 +20,11 @@ import numpy as np
 from stmodels._fileio import atomic_write_bytes
 from stmodels.data._io import encode_png
 
-__all__ = ["plot_loss_curves", "prediction_strip", "save_gif", "save_sequence_gif", "save_strip"]
+__all__ = ["labelled_strip", "plot_loss_curves", "prediction_strip", "save_gif", "save_sequence_gif", "save_strip"]
+
+#: Pictures written for people are upscaled (nearest neighbour) to at least this many pixels wide.
+MIN_WIDTH = 512
+_ROW_LABELS = ("inputs", "truth", "prediction", "|error|")
 
 # White: the data sets we target (Moving MNIST, KTH, ...) are mostly dark, so white gaps separate
 # frames clearly, and white cannot be mistaken for an error-row pixel (the ramp never reaches it).
@@ -147,6 +151,78 @@ def _strip(inputs, targets, prediction, max_frames, gap, error_gain, caller: str
     return image
 
 
+def _auto_scale(width: int, min_width: int) -> int:
+    return max(1, math.ceil(min_width / max(1, width)))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_strip(
+    inputs: Any,
+    targets: Any,
+    prediction: Any,
+    *,
+    max_frames: int | None = None,
+    gap: int = 2,
+    error_gain: float = 4.0,
+    min_width: int = MIN_WIDTH,
+) -> np.ndarray:
+    """:func:`prediction_strip` for people: upscaled, with row labels and the error colour bar.
+
+    The grid is upscaled by the smallest integer factor (nearest neighbour) that makes it at least
+    ``min_width`` pixels wide; a white column on the left names the rows (inputs, truth,
+    prediction, ``|error|``) and a bar below maps the error colours to values (0 to ``1 / error_gain``
+    and beyond).
+
+    Args:
+        inputs, targets, prediction, max_frames, gap, error_gain: as in :func:`prediction_strip`.
+        min_width: the smallest width of the upscaled grid, in pixels.
+
+    Returns:
+        ``(H_img, W_img, 3)`` uint8 RGB image.
+    """
+    return _labelled(inputs, targets, prediction, max_frames, gap, error_gain, min_width, "labelled_strip")
+
+
+def _labelled(inputs, targets, prediction, max_frames, gap, error_gain, min_width, caller: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    grid = _strip(inputs, targets, prediction, max_frames, gap, error_gain, caller)
+    if isinstance(min_width, bool) or not isinstance(min_width, int) or min_width < 1:
+        raise ValueError(f"{caller}: `min_width` must be an int >= 1, got {min_width!r}")
+    scale = _auto_scale(grid.shape[1], min_width)
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    frame_height = (grid.shape[0] - 3 * gap * scale) // 4
+    font = _font(14)
+    label_width, bar_area, bar_height = 96, 40, 12
+    image = Image.new("RGB", (label_width + grid.shape[1], grid.shape[0] + bar_area), (BACKGROUND,) * 3)
+    image.paste(Image.fromarray(grid, "RGB"), (label_width, 0))
+    draw = ImageDraw.Draw(image)
+    for row, label in enumerate(_ROW_LABELS):
+        centre = row * (frame_height + gap * scale) + frame_height // 2
+        draw.text((6, centre), label, fill=(0, 0, 0), font=font, anchor="lm")
+    # The colour bar: the error ramp of _error_rgb from 0 to 1 / error_gain (and everything above).
+    bar_width = min(256, grid.shape[1])
+    levels = np.linspace(0.0, 1.0, bar_width)
+    ramp = np.stack([np.clip(2 * levels, 0, 1), np.clip(2 * levels - 1, 0, 1), np.zeros_like(levels)], axis=-1)
+    bar = np.repeat(np.floor(ramp * 255.0 + 0.5).astype(np.uint8)[None], bar_height, axis=0)
+    top = grid.shape[0] + 6
+    image.paste(Image.fromarray(bar, "RGB"), (label_width, top))
+    middle = top + bar_height // 2
+    draw.text((6, middle), "error scale", fill=(0, 0, 0), font=font, anchor="lm")
+    draw.text((label_width, top + bar_height + 2), "0", fill=(0, 0, 0), font=font, anchor="lt")
+    draw.text((label_width + bar_width, top + bar_height + 2), f">= {1.0 / float(error_gain):.3g}", fill=(0, 0, 0),
+              font=font, anchor="rt")
+    return np.asarray(image)
+
+
 def save_strip(
     path: os.PathLike | str,
     inputs: Any,
@@ -156,8 +232,10 @@ def save_strip(
     max_frames: int | None = None,
     gap: int = 2,
     error_gain: float = 4.0,
+    labelled: bool = True,
+    min_width: int = MIN_WIDTH,
 ) -> Path:
-    """Write :func:`prediction_strip`'s image to ``path`` as a PNG, atomically.
+    """Write the sample's strip to ``path`` as a PNG, atomically.
 
     Args:
         path: Destination file; missing parent folders are created.
@@ -167,11 +245,17 @@ def save_strip(
         max_frames: See :func:`prediction_strip`.
         gap: See :func:`prediction_strip`.
         error_gain: See :func:`prediction_strip`.
+        labelled: True: :func:`labelled_strip` (upscaled, row labels, colour bar); False: the bare
+            :func:`prediction_strip` grid at its own size.
+        min_width: See :func:`labelled_strip`.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    image = _strip(inputs, targets, prediction, max_frames, gap, error_gain, "save_strip")
+    if labelled:
+        image = _labelled(inputs, targets, prediction, max_frames, gap, error_gain, min_width, "save_strip")
+    else:
+        image = _strip(inputs, targets, prediction, max_frames, gap, error_gain, "save_strip")
     return atomic_write_bytes(path, encode_png(image))
 
 
@@ -182,7 +266,7 @@ def save_gif(
     prediction: Any,
     *,
     fps: float = 4,
-    scale: int = 2,
+    scale: int | None = None,
 ) -> Path:
     """Write an animated GIF (looping forever) that walks through the sample in time, atomically.
 
@@ -201,7 +285,8 @@ def save_gif(
         targets: ``(T_out, C, H, W)`` true future frames.
         prediction: ``(T_out, C, H, W)`` predicted future frames.
         fps: Frames per second, in (0, 100] (GIF delays are counted in 10 ms).
-        scale: Integer upscaling factor, >= 1.
+        scale: Integer upscaling factor, >= 1; None: the smallest that makes the GIF at least
+            :data:`MIN_WIDTH` (512) pixels wide.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -209,6 +294,8 @@ def save_gif(
     from PIL import Image
 
     inputs, targets, prediction = _check_sample(inputs, targets, prediction, "save_gif")
+    if scale is None:
+        scale = _auto_scale(2 * inputs.shape[3] + 1, MIN_WIDTH)
     if not (isinstance(fps, (int, float)) and 0 < fps <= 100):
         raise ValueError(f"save_gif: `fps` must be a number in (0, 100], got {fps!r}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -236,7 +323,8 @@ def save_gif(
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def save_sequence_gif(path: os.PathLike | str, inputs: Any, prediction: Any, *, fps: float = 4, scale: int = 2) -> Path:
+def save_sequence_gif(path: os.PathLike | str, inputs: Any, prediction: Any, *, fps: float = 4,
+                      scale: int | None = None) -> Path:
     """Write an animated GIF of the context frames followed by predicted frames (no ground truth).
 
     For predictions on a user's sequences, where no future frames exist: one panel walks through
@@ -248,11 +336,13 @@ def save_sequence_gif(path: os.PathLike | str, inputs: Any, prediction: Any, *, 
         path: Destination file; missing parent folders are created.
         inputs: ``(T_in, C, H, W)`` context frames, C in (1, 3).
         prediction: ``(T_out, C, H, W)`` predicted frames, same (C, H, W).
-        fps, scale: as in :func:`save_gif`.
+        fps, scale: as in :func:`save_gif` (None: at least :data:`MIN_WIDTH` pixels wide).
     """
     from PIL import Image
 
     inputs, _, prediction = _check_sample(inputs, prediction, prediction, "save_sequence_gif")
+    if scale is None:
+        scale = _auto_scale(inputs.shape[3], MIN_WIDTH)
     if not (isinstance(fps, (int, float)) and 0 < fps <= 100):
         raise ValueError(f"save_sequence_gif: `fps` must be a number in (0, 100], got {fps!r}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -322,7 +412,7 @@ def plot_loss_curves(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError("plot_loss_curves needs matplotlib: pip install matplotlib") from error
+        raise ImportError("plot_loss_curves needs matplotlib: pip install stmodels[viz]") from error
 
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError(f"plot_loss_curves: `curves` must be a non-empty dict name -> points, got {curves!r}")
