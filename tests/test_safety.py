@@ -157,3 +157,130 @@ def test_every_preset_still_constructs():
 
     for name in list_models():
         assert model_config(name).to_dict()
+
+
+# -- finding 5: images read wrongly without an error ------------------------------------------------------
+
+
+def test_palette_tiffs_are_expanded_through_their_palette(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from stmodels.data._io import probe_image, read_image
+
+    indices = np.array([[0, 1], [2, 1]], np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, 1] = (65535, 0, 0)  # red
+    colormap[:, 2] = (0, 0, 65535)  # blue
+    path = tmp_path / "palette.tif"
+    tifffile.imwrite(path, indices, photometric="palette", colormap=colormap)
+    assert probe_image(path).channels == 3
+    image = read_image(path)
+    assert image.shape == (3, 2, 2) and image.dtype == np.uint16
+    assert image[:, 0, 1].tolist() == [65535, 0, 0] and image[:, 1, 0].tolist() == [0, 0, 65535]
+
+
+def test_cmyk_tiffs_are_refused_naming_the_file(tmp_path):
+    import numpy as np
+    import tifffile
+
+    from stmodels.data import CHDLFormatError
+    from stmodels.data._io import probe_image, read_image
+
+    path = tmp_path / "cmyk.tif"
+    tifffile.imwrite(path, np.zeros((2, 2, 4), np.uint8), photometric="separated")
+    for reader in (probe_image, read_image):
+        with pytest.raises(CHDLFormatError, match="cmyk.tif: CMYK"):
+            reader(path)
+
+
+def _frames_folder(root, count=4, size=8):
+    import numpy as np
+
+    from stmodels.data._io import encode_png
+
+    sequence = root / "train" / "s"
+    sequence.mkdir(parents=True)
+    for i in range(count):
+        (sequence / f"f_{i}.png").write_bytes(encode_png(np.full((size, size), 10 * i, np.uint8)))
+    return sequence
+
+
+def test_a_dangling_symlink_frame_is_an_error_naming_it(tmp_path):
+    from stmodels.data import CHDLFolder, CHDLFormatError
+
+    sequence = _frames_folder(tmp_path)
+    (sequence / "f_7.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(CHDLFormatError, match="f_7.png: a dangling symlink"):
+        CHDLFolder(tmp_path, "train", 2, 2)
+
+
+def test_a_symlink_loop_is_an_error_naming_it(tmp_path):
+    from stmodels.data import CHDLFolder, CHDLFormatError
+
+    sequence = _frames_folder(tmp_path)
+    (sequence / "f_9.png").symlink_to(sequence / "f_9.png")
+    with pytest.raises(CHDLFormatError, match="f_9.png: .*symlink"):
+        CHDLFolder(tmp_path, "train", 2, 2)
+
+
+def test_a_huge_png_header_is_refused_before_allocating(tmp_path):
+    import struct
+    import zlib
+
+    from stmodels.data import CHDLFolder, CHDLFormatError
+
+    sequence = _frames_folder(tmp_path)
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (sequence / "f_2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    with pytest.raises(CHDLFormatError, match="f_2.png: image of 60000x60000 pixels exceeds the limit"):
+        CHDLFolder(tmp_path, "train", 2, 2)
+
+
+# -- finding 6: the dataset manifest was trusted ----------------------------------------------------------
+
+
+def _manifest(root):
+    return root / "train" / ".stmodels_manifest.json"
+
+
+def test_a_manifest_with_raised_frame_counts_is_rebuilt(tmp_path):
+    from stmodels.data import CHDLFolder
+
+    _frames_folder(tmp_path)
+    CHDLFolder(tmp_path, "train", 2, 2)
+    manifest = json.loads(_manifest(tmp_path).read_text())
+    manifest["sequences"][0]["num_frames"] = 8
+    _manifest(tmp_path).write_text(json.dumps(manifest))
+    data = CHDLFolder(tmp_path, "train", 2, 2)
+    assert len(data) == 1 and not torch.isnan(torch.cat(data[0])).any()
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '{"version": 1, "split": "train", "sequences": [{"name": "s", '
+                                     '"kind": "frames", "num_frames": "8"}]}', '{"version": 1, "split": "train", '
+                                     '"sequences": "x"}'])
+def test_a_malformed_manifest_is_rebuilt(tmp_path, content):
+    from stmodels.data import CHDLFolder
+
+    _frames_folder(tmp_path)
+    _manifest(tmp_path).write_text(content)
+    data = CHDLFolder(tmp_path, "train", 2, 2)
+    assert data.manifest["s"]["num_frames"] == 4 and len(data) == 1
+
+
+def test_an_npy_replaced_after_opening_is_an_error(tmp_path):
+    import numpy as np
+
+    from stmodels.data import CHDLFolder, CHDLFormatError
+
+    (tmp_path / "train").mkdir()
+    path = tmp_path / "train" / "a.npy"
+    np.save(path, np.zeros((4, 8, 8), np.float32))
+    data = CHDLFolder(tmp_path, "train", 2, 2)
+    np.save(path, np.zeros((4, 6, 6), np.float32))
+    with pytest.raises(CHDLFormatError, match="a.npy: the file changed since the dataset was opened"):
+        data[0]
+    # And a manifest edited to match a changed header is caught when the dataset is opened again.
+    reopened = CHDLFolder(tmp_path, "train", 2, 2)
+    assert reopened.frame_shape == (1, 6, 6)
