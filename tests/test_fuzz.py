@@ -59,7 +59,7 @@ def _assert_one_line_naming(exc: BaseException, root: Path) -> None:
     assert str(root) in text, text
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(sequences=st.lists(_sequence, min_size=0, max_size=3), size=st.integers(8, 10),
        window=st.tuples(st.integers(1, 3), st.integers(0, 2)), manifest=st.sampled_from(["none", "junk", "list"]))
 def test_chdl_loader_fuzz(sequences, size, window, manifest):
@@ -128,7 +128,7 @@ def cli_root(tmp_path_factory):
     return root
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(options=st.lists(st.tuples(st.sampled_from(["--sequences", "--test-sequences", "--frames", "--size",
                                                    "--channels", "--bit-depth", "--seed"]), _numbers), max_size=4),
        target=st.sampled_from(["new", "user", "user/precious", "data", "."]), overwrite=st.booleans())
@@ -157,7 +157,7 @@ def test_make_chdl_arguments_fuzz(cli_root, options, target, overwrite):
         shutil.rmtree(out)
 
 
-@settings(max_examples=25)
+@settings(max_examples=12)
 @given(options=st.lists(st.tuples(st.sampled_from(["--epochs", "--max-steps", "--batch-size", "--lr",
                                                    "--weight-decay", "--grad-clip", "--ema", "--seed", "--workers",
                                                    "--in-frames", "--out-frames", "--stride", "--eval-samples",
@@ -171,6 +171,7 @@ def test_train_arguments_fuzz(cli_root, options, extra):
             "--set", "num_hidden=[2]", "--set", "patch_size=2", "--set", "filter_size=3", "--size", "8",
             "--in-frames", "2", "--out-frames", "1", "--train-sequences", "2", "--val-sequences", "1",
             "--epochs", "1", "--batch-size", "2", "--quiet", "--device", "cpu", "--data", f"chdl:{cli_root / 'data'}",
+            "--eval-samples", "1",
             "--out", str(out)]
     for name, value in options:
         argv += [name, value]
