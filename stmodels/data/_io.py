@@ -28,7 +28,27 @@ __all__ = [
     "probe_image",
     "read_image",
     "encode_png",
+    "set_max_image_pixels",
 ]
+
+# Frames larger than this (height x width) are refused from their header, before any pixel memory
+# is allocated: a damaged or hostile header must not exhaust memory. STMODELS_MAX_IMAGE_PIXELS or
+# set_max_image_pixels() changes it.
+MAX_IMAGE_PIXELS = int(os.environ.get("STMODELS_MAX_IMAGE_PIXELS", 1 << 26))
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """Refuse frame files of more than ``pixels`` (height x width) pixels (default 2**26)."""
+    global MAX_IMAGE_PIXELS
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
+        raise ValueError(f"set_max_image_pixels: expected a positive integer, got {pixels!r}")
+    MAX_IMAGE_PIXELS = pixels
+
+
+def _check_pixels(path, height: int, width: int) -> None:
+    if int(height) * int(width) > MAX_IMAGE_PIXELS:
+        raise _fail(path, f"image of {width}x{height} pixels exceeds the limit of {MAX_IMAGE_PIXELS} pixels "
+                          "(a damaged header, or raise it with STMODELS_MAX_IMAGE_PIXELS)")
 
 # Suffix (lower case) -> reader. Files with other suffixes inside a sequence folder are ignored.
 IMAGE_SUFFIXES = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -94,10 +114,28 @@ def _png_header(path) -> tuple[int, int, int, int]:
     width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
     if colour not in _PNG_CHANNELS or width == 0 or height == 0:
         raise _fail(path, f"unsupported PNG header (colour type {colour}, size {width}x{height})")
+    _check_pixels(path, height, width)
     if depth == 16 and colour == 4:
         # Pillow has no 16-bit grey+alpha unpacker; it would silently keep 8 bits.
         raise _fail(path, "16-bit grey+alpha PNGs are not supported; save the frames without alpha")
     return width, height, depth, colour
+
+
+# TIFF photometric interpretations read as stored: 0 MINISWHITE (inverted), 1 MINISBLACK, 2 RGB,
+# 3 PALETTE (expanded through its colour map to 16-bit RGB).
+_TIFF_PHOTOMETRICS = {0: "min-is-white", 1: "min-is-black", 2: "RGB", 3: "palette"}
+_TIFF_PHOTOMETRIC_NAMES = {4: "transparency mask", 5: "CMYK (separated)", 6: "YCbCr", 8: "CIELab", 9: "ICCLab",
+                           10: "ITULab", 32844: "LogL", 32845: "LogLuv", 32803: "colour filter array (raw)"}
+
+
+def _tiff_photometric(path, page) -> int:
+    photometric = int(page.photometric)
+    if photometric not in _TIFF_PHOTOMETRICS:
+        name = _TIFF_PHOTOMETRIC_NAMES.get(photometric, f"photometric {photometric}")
+        raise _fail(path, f"{name} TIFFs are not supported; convert the frames to grey or RGB")
+    if photometric == 3 and getattr(page, "colormap", None) is None:
+        raise _fail(path, "palette TIFF without a colour map")
+    return photometric
 
 
 def _tiff_layout(path, page) -> tuple[int, int, int, int | None]:
@@ -106,6 +144,11 @@ def _tiff_layout(path, page) -> tuple[int, int, int, int | None]:
     if set(axes) - set("YXS") or "Y" not in axes or "X" not in axes:
         raise _fail(path, f"unsupported TIFF layout (axes {axes!r}, shape {shape})")
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    _check_pixels(path, height, width)
+    if _tiff_photometric(path, page) == 3:
+        if "S" in axes:
+            raise _fail(path, f"palette TIFF with {shape[axes.index('S')]} samples per pixel is not supported")
+        return height, width, 3, None
     samples = shape[axes.index("S")] if "S" in axes else 1
     if samples not in (1, 2, 3, 4):
         raise _fail(path, f"TIFF with {samples} samples per pixel is not supported (expected grey or RGB)")
@@ -131,7 +174,7 @@ def probe_image(path: os.PathLike | str) -> FrameInfo:
                     raise _fail(path, f"multi-page TIFF ({len(tif.pages)} pages); a frame file holds one image")
                 page = tif.pages[0]
                 height, width, channels, _ = _tiff_layout(path, page)
-                dtype = np.dtype(page.dtype).name
+                dtype = "uint16" if int(page.photometric) == 3 else np.dtype(page.dtype).name
         except CHDLFormatError:
             raise
         except Exception as exc:  # tifffile raises several types for damaged files
@@ -148,6 +191,7 @@ def probe_image(path: os.PathLike | str) -> FrameInfo:
             raise _fail(path, f"unreadable JPEG ({type(exc).__name__}: {exc})") from exc
         if mode not in ("L", "RGB", "CMYK", "YCbCr"):
             raise _fail(path, f"unsupported JPEG mode {mode!r}")
+        _check_pixels(path, height, width)
         return FrameInfo(height, width, 1 if mode == "L" else 3, "uint8")
     raise _fail(path, f"not a frame file (expected one of {sorted(IMAGE_SUFFIXES)})")
 
@@ -197,8 +241,14 @@ def read_image(path: os.PathLike | str) -> np.ndarray:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 _, _, channels, samples_axis = _tiff_layout(path, page)
-                array = page.asarray()
                 photometric = int(page.photometric)
+                array = page.asarray()
+                if photometric == 3:  # palette: indices through the (3, 2**bits) 16-bit colour map
+                    colormap = np.asarray(page.colormap)
+                    if array.dtype.kind != "u" or array.max(initial=0) >= colormap.shape[-1]:
+                        raise _fail(path, "palette TIFF with indices outside its colour map")
+                    array = np.moveaxis(colormap.astype(np.uint16)[:, array], 0, -1)
+                    samples_axis = array.ndim - 1
         except CHDLFormatError:
             raise
         except Exception as exc:
@@ -217,10 +267,11 @@ def read_image(path: os.PathLike | str) -> np.ndarray:
     image_module = _require_pillow(path)
     try:
         if kind == "png":
-            _, _, depth, colour = _png_header(path)
+            _, _, depth, colour = _png_header(path)  # checks the size before any decoding
             if depth == 16 and colour in (2, 6):
                 return _read_png_16bit_colour(path, image_module)
         with image_module.open(path) as image:
+            _check_pixels(path, image.size[1], image.size[0])
             image.load()
             return np.ascontiguousarray(_pillow_to_array(path, image))
     except CHDLFormatError:

@@ -18,8 +18,10 @@ probed again, the others reused. Items are read lazily: one item reads only its 
 from __future__ import annotations
 
 import bisect
+import errno
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from stmodels._fileio import atomic_write_text
+from stmodels.data import _io
 from stmodels.data._io import (
     IMAGE_SUFFIXES,
     CHDLFormatError,
@@ -72,29 +75,45 @@ def to_unit_range(array: np.ndarray, source: os.PathLike | str) -> np.ndarray:
     raise CHDLFormatError(f"{os.fspath(source)}: unsupported dtype {name} (expected uint8, uint16 or float)")
 
 
+def _stat(path: str) -> os.stat_result:
+    """``os.stat`` with a CHDLFormatError naming the file for dangling symlinks, loops, no access."""
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if os.path.islink(path) and not os.path.exists(path):
+            reason = "a dangling symlink (its target is missing)"
+        elif getattr(exc, "errno", None) == errno.ELOOP:
+            reason = "a symlink loop"
+        else:
+            reason = f"cannot be read ({exc.strerror or exc})"
+        raise CHDLFormatError(f"{path}: {reason}") from None
+
+
 def _scan_split(split_dir: Path) -> dict[str, dict]:
     """What is on disk now: sequence name -> {"kind", "path", "files": [[name, size, mtime_ns], ...]}."""
     found: dict[str, dict] = {}
     for entry in os.scandir(split_dir):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        entry_stat = _stat(entry.path)
+        if stat.S_ISDIR(entry_stat.st_mode):
             name, kind = entry.name, "frames"
-            files = [
-                [f.name, stat.st_size, stat.st_mtime_ns]
-                for f in os.scandir(entry.path)
-                if not f.name.startswith(".") and Path(f.name).suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                for stat in (f.stat(),)
-            ]
+            files = []
+            for f in os.scandir(entry.path):
+                if f.name.startswith(".") or Path(f.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                file_stat = _stat(f.path)
+                if not stat.S_ISREG(file_stat.st_mode):
+                    raise CHDLFormatError(f"{f.path}: a frame name but not a regular file")
+                files.append([f.name, file_stat.st_size, file_stat.st_mtime_ns])
             if not files:
                 raise CHDLFormatError(
                     f"{entry.path}: sequence folder holds no frame files ({', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
             files.sort(key=lambda record: natural_key(record[0]))
-        elif entry.name.lower().endswith(".npy") and entry.is_file():
+        elif entry.name.lower().endswith(".npy") and stat.S_ISREG(entry_stat.st_mode):
             name, kind = entry.name[: -len(".npy")], "npy"
-            stat = entry.stat()
-            files = [[entry.name, stat.st_size, stat.st_mtime_ns]]
+            files = [[entry.name, entry_stat.st_size, entry_stat.st_mtime_ns]]
         else:
             continue
         if name in found:
@@ -163,14 +182,63 @@ def _probe_npy(path: Path) -> dict:
     }
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _valid_record(name, record) -> bool:
+    """Whether a cached manifest record has the right types and consistent counts."""
+    if not isinstance(record, dict) or record.get("name") != name or record.get("kind") not in ("frames", "npy"):
+        return False
+    files = record.get("files")
+    if not isinstance(files, list) or not files:
+        return False
+    for item in files:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in item[1:])):
+            return False
+    if not all(_positive_int(record.get(key)) for key in ("num_frames", "height", "width", "channels")):
+        return False
+    if record["kind"] == "frames" and (record["num_frames"] != len(files)
+                                       or record["height"] * record["width"] > _io.MAX_IMAGE_PIXELS):
+        return False
+    if record["kind"] == "npy" and len(files) != 1:
+        return False
+    dtypes = record.get("dtypes")
+    return isinstance(dtypes, list) and bool(dtypes) and all(isinstance(d, str) for d in dtypes)
+
+
 def _load_manifest(path: Path, split: str) -> dict[str, dict]:
+    """The cached records that are well-formed; anything damaged is dropped (and so probed again)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        if manifest.get("version") == _MANIFEST_VERSION and manifest.get("split") == split:
-            return {record["name"]: record for record in manifest["sequences"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing or damaged: rebuilt from the files
-    return {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: rebuilt from the files
+    if not isinstance(manifest, dict) or manifest.get("version") != _MANIFEST_VERSION \
+            or manifest.get("split") != split or not isinstance(manifest.get("sequences"), list):
+        return {}
+    records = {}
+    for record in manifest["sequences"]:
+        name = record.get("name") if isinstance(record, dict) else None
+        if isinstance(name, str) and _valid_record(name, record):
+            records[name] = record
+    return records
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], str] | None:
+    """``(shape, dtype name)`` from a .npy header, without reading the data; None if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            shape, _, dtype = np.lib.format._read_array_header(handle, version)
+        return tuple(shape), np.dtype(dtype).name
+    except Exception:
+        return None
+
+
+def _npy_shape(record: dict) -> tuple[int, ...]:
+    frames, channels, height, width = (record[k] for k in ("num_frames", "channels", "height", "width"))
+    return (frames, channels, height, width)
 
 
 class CHDLFolder(Dataset):
@@ -263,8 +331,9 @@ class CHDLFolder(Dataset):
         for name, found in _scan_split(self.split_dir).items():
             old = cached.get(name)
             if old is not None and old.get("kind") == found["kind"] and old.get("files") == found["files"]:
-                records[name] = old
-                continue
+                if old["kind"] == "frames" or self._npy_matches(self.split_dir / found["files"][0][0], old):
+                    records[name] = old
+                    continue
             if found["kind"] == "frames":
                 shape = _probe_frames(self.split_dir / name, found["files"])
             else:
@@ -279,6 +348,15 @@ class CHDLFolder(Dataset):
             except OSError as exc:  # a read-only dataset still works; it just probes again next time
                 warnings.warn(f"{self.manifest_path}: cannot cache the manifest ({exc})", stacklevel=3)
         return records
+
+    @staticmethod
+    def _npy_matches(path: Path, record: dict) -> bool:
+        header = _npy_header(path)
+        if header is None:
+            return False
+        shape, dtype = header
+        shape = (shape[0], 1, *shape[1:]) if len(shape) == 3 else shape
+        return shape == _npy_shape(record) and [dtype] == record["dtypes"]
 
     def _source(self, record: dict) -> Path:
         return self.split_dir / (record["name"] if record["kind"] == "frames" else record["files"][0][0])
@@ -329,7 +407,17 @@ class CHDLFolder(Dataset):
         expected = (record["channels"], record["height"], record["width"])
         if record["kind"] == "npy":
             path = self._source(record)
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            _, size, mtime = record["files"][0]
+            try:
+                now = os.stat(path)
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception as exc:
+                raise CHDLFormatError(f"{path}: unreadable .npy file ({type(exc).__name__}: {exc})") from exc
+            shape = (array.shape[0], 1, *array.shape[1:]) if array.ndim == 3 else tuple(array.shape)
+            if (now.st_size, now.st_mtime_ns) != (size, mtime) or shape != _npy_shape(record) \
+                    or array.dtype.name not in record["dtypes"]:
+                raise CHDLFormatError(f"{path}: the file changed since the dataset was opened (now shape "
+                                      f"{tuple(array.shape)} {array.dtype.name}); open the dataset again")
             window = np.array(array[start : start + count])
             frames = to_unit_range(window if window.ndim == 4 else window[:, None], path)
         else:

@@ -56,12 +56,36 @@ class DataSpec:
             raise ValueError(f"DataSpec: `kind` must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "chdl" and not self.root:
             raise ValueError("DataSpec: kind 'chdl' needs `root`, the CHDL folder (e.g. chdl:/data/lanes)")
+        minimum = {"in_frames": 1, "out_frames": 0, "size": 1, "channels": 1, "train_sequences": 1,
+                   "val_sequences": 1, "frames": 1, "stride": 1, "seed": 0}
+        optional = ("size", "channels", "frames")
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"DataSpec: `{name}` must be an integer >= {low}"
+                                 + (" or None" if name in optional else "") + f", got {value!r}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"DataSpec: `channels` must be None, 1 or 3, got {self.channels!r}")
+        if self.frames is not None and self.frames < self.in_frames + self.out_frames:
+            raise ValueError(f"DataSpec: `frames` {self.frames} is shorter than one window "
+                             f"({self.in_frames} + {self.out_frames})")
+        for name in ("root", "train_split", "val_split"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"DataSpec: `{name}` must be a string, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:
+        if not isinstance(values, dict):
+            raise ValueError(f"DataSpec: expected a mapping of fields, got {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"DataSpec: unknown fields {unknown}")
         return cls(**values)
 
     def _resolved_val_split(self) -> str:

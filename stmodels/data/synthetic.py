@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 import zlib
 from pathlib import Path
@@ -327,6 +326,48 @@ class SyntheticCHDL(Dataset):
         )
 
 
+MARKER_NAME = "synthetic_chdl.json"
+_GENERATOR = "stmodels.data.render_chdl_sequence"
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Raise unless ``out_dir`` is a dataset written by :func:`make_chdl_folder`, safe to replace."""
+    from stmodels.errors import UserValueError
+
+    here = Path.cwd().resolve()
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise UserValueError(f"{out_dir}: not a folder written by `make-chdl`; refusing to replace it")
+    resolved = out_dir.resolve()
+    if resolved == here or resolved in here.parents:
+        raise UserValueError(f"{out_dir}: is the working directory or holds it; refusing to replace it")
+    marker = out_dir / MARKER_NAME
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserValueError(f"{out_dir}: has no readable {MARKER_NAME} marker, so it is not a dataset written "
+                             "by `make-chdl`; refusing to replace it (remove or rename it yourself)") from exc
+    splits = info.get("splits") if isinstance(info, dict) else None
+    if not isinstance(splits, dict) or info.get("generator") != _GENERATOR:
+        raise UserValueError(f"{marker}: not a `make-chdl` marker; refusing to replace {out_dir}")
+    # Only what make_chdl_folder writes (and the loader's manifest caches) may be replaced.
+    for entry in os.scandir(out_dir):
+        if entry.name == MARKER_NAME:
+            continue
+        if entry.name not in splits or not entry.is_dir(follow_symlinks=False):
+            raise UserValueError(f"{entry.path}: not part of the generated dataset; refusing to replace {out_dir}")
+        for sequence in os.scandir(entry.path):
+            if sequence.name.startswith(".stmodels_manifest"):
+                continue
+            if not (sequence.name.startswith("seq_") and sequence.is_dir(follow_symlinks=False)):
+                raise UserValueError(f"{sequence.path}: not part of the generated dataset; refusing to replace "
+                                     f"{out_dir}")
+            for frame in os.scandir(sequence.path):
+                if not (frame.name.startswith("frame_") and frame.name.endswith(".png")
+                        and frame.is_file(follow_symlinks=False)):
+                    raise UserValueError(f"{frame.path}: not part of the generated dataset; refusing to replace "
+                                         f"{out_dir}")
+
+
 def make_chdl_folder(
     out_dir: str | os.PathLike,
     num_sequences: int = 100,
@@ -357,7 +398,10 @@ def make_chdl_folder(
         splits: split name -> number of sequences, e.g. ``{"train": 80, "test": 20}``; overrides
             ``num_sequences``.
         bit_depth: 8 or 16 bits per PNG sample.
-        overwrite: replace an existing ``out_dir`` (otherwise that is an error).
+        overwrite: replace an existing ``out_dir`` that is a dataset written by this function
+            (it holds the ``synthetic_chdl.json`` marker and nothing but its splits and caches);
+            any other folder, and the working directory or one above it, is refused. The new
+            dataset is swapped in by renames, so the old one stays whole until the new one is.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -368,9 +412,11 @@ def make_chdl_folder(
         splits = {"train": num_sequences, "test": max(1, num_sequences // 5)}
     if not splits or any(int(n) < 1 for n in splits.values()):
         raise ValueError(f"make_chdl_folder: every split needs at least one sequence, got {splits}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True, or --overwrite on the command line, to replace it)")
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir.exists() or out_dir.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True, or --overwrite on the command line, to replace it)")
+        _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     dtype, scale = (np.uint8, 255.0) if bit_depth == 8 else (np.uint16, 65535.0)
     digits = max(4, len(str(frames - 1)))
@@ -387,7 +433,7 @@ def make_chdl_folder(
                 for step, frame in enumerate(quantised):
                     (folder / f"frame_{step:0{digits}d}.png").write_bytes(encode_png(frame))
         info = {
-            "generator": "stmodels.data.render_chdl_sequence",
+            "generator": _GENERATOR,
             "frames": frames,
             "size": size,
             "seed": seed,
@@ -395,14 +441,18 @@ def make_chdl_folder(
             "bit_depth": bit_depth,
             "splits": {name: int(n) for name, n in splits.items()},
         }
-        (staging / "synthetic_chdl.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-        if out_dir.exists():  # overwrite: move the old folder aside so the swap is one rename
-            retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
-            os.replace(out_dir, retired / "old")
-            os.replace(staging, out_dir)
+        (staging / MARKER_NAME).write_text(json.dumps(info, indent=1), encoding="utf-8")
+        if out_dir.exists():  # overwrite: move the old dataset aside so the swap is two renames
+            retired = out_dir.parent / f".{out_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
+            os.rename(out_dir, retired)
+            try:
+                os.rename(staging, out_dir)
+            except BaseException:
+                os.rename(retired, out_dir)  # put the old dataset back
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.replace(staging, out_dir)
+            os.rename(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

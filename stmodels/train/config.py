@@ -79,14 +79,32 @@ class TrainConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every,
                     "log_every": self.log_every}
         for name, value in positive.items():
-            if int(value) != value or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig: `{name}` must be a positive integer, got {value!r}")
         for name in ("max_steps", "checkpoint_every", "eval_samples", "warmup_steps"):
             value = getattr(self, name)
-            if value is not None and (int(value) != value or value < (0 if name == "warmup_steps" else 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < (0 if name == "warmup_steps" else 1)):
                 raise ValueError(f"TrainConfig: `{name}` must be None or a positive integer, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        for name in ("lr", "weight_decay", "warmup_fraction", "min_lr_ratio", "grad_clip", "ema_decay"):
+            value = getattr(self, name)
+            if value is None and name in ("grad_clip", "ema_decay"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"TrainConfig: `{name}` must be a finite number, got {value!r}")
+        if not self.lr > 0:
             raise ValueError(f"TrainConfig: `lr` must be a positive number, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig: `weight_decay` must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"TrainConfig: `grad_clip` must be None, 0 (no clipping) or a positive norm, "
+                             f"got {self.grad_clip!r}")
+        if self.seed < 0 or self.num_workers < 0 or int(self.seed) != self.seed or int(self.num_workers) != self.num_workers:
+            raise ValueError(f"TrainConfig: `seed` and `num_workers` must be integers >= 0, got "
+                             f"{self.seed!r}, {self.num_workers!r}")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"TrainConfig: `betas` must be two numbers in [0, 1), got {self.betas!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"TrainConfig: `ema_decay` must be in (0, 1) or None, got {self.ema_decay!r}")
         if not 0.0 <= self.warmup_fraction < 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -53,6 +53,8 @@ def predict_folder(model: nn.Module, input_dir: str | os.PathLike, output_dir: s
     Returns:
         The names of the predicted sequences.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"predict_folder: batch_size must be a positive integer, got {batch_size!r}")
     T_in, channels, height, width = model.config.in_shape
     device = torch.device(device)
     options = forward_options(model, sampler, ddim_steps, seed, device)

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from stmodels.train.checkpoint import CheckpointError, load_checkpoint
+from stmodels.errors import UserValueError
+from stmodels.train.checkpoint import CheckpointError, load_checkpoint, require_entries
 
 __all__ = ["load_run", "read_run_config"]
 
@@ -20,10 +21,12 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {run_dir} a run folder written by `stmodels train`?")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    from stmodels.models.registry import read_json_file
+
+    config = read_json_file(path, "run config")
+    if not isinstance(config, dict):
+        raise UserValueError(f"{path}: expected a JSON object (the run's configs), got {type(config).__name__}")
+    return config
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "cpu",
@@ -44,7 +47,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    if not config.get("model"):
+    if not isinstance(config.get("model"), str) or not config["model"]:
         raise ValueError(f"{run_dir / 'config.json'}: the run's model was not a registered model, so it "
                          "cannot be rebuilt by name; load its checkpoint yourself")
     if checkpoint in ("best", "last"):
@@ -54,10 +57,17 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str |
     else:
         path = Path(checkpoint)
     state = load_checkpoint(path)
+    require_entries(state, path, ("model",))
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
     from stmodels.models.registry import saved_fields  # drops the runtime `backend` older runs saved
 
-    model = create_model(config["model"], **{**saved_fields(config.get("model_config")), **overrides})
+    model_fields = config.get("model_config") or {}
+    if not isinstance(model_fields, dict):
+        raise UserValueError(f"{run_dir / 'config.json'}: `model_config` must be an object")
+    try:
+        model = create_model(config["model"], **{**saved_fields(model_fields), **overrides})
+    except ValueError as exc:
+        raise UserValueError(f"{run_dir / 'config.json'}: {exc}") from exc
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

@@ -17,6 +17,7 @@ losses. Files of a run (rank 0 only)::
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -29,14 +30,56 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from stmodels.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stmodels.errors import UserError
+from stmodels.train.checkpoint import CheckpointError, load_checkpoint, require_entries, save_checkpoint
 from stmodels.train.config import TrainConfig
 from stmodels.train.distributed import DistributedContext, ShardedBatchSampler, init_distributed
 from stmodels.train.ema import ModelEMA
 from stmodels.train.evaluate import EvalResult, autocast_context, evaluate
 from stmodels.train.run_log import RunLog
 
-__all__ = ["Trainer", "WarmupCosine"]
+__all__ = ["RunMismatchError", "Trainer", "WarmupCosine"]
+
+# Options that define what a run is: resuming with any of them changed is refused.
+_RUN_DEFINING_TRAIN = ("batch_size", "lr", "weight_decay", "betas", "schedule", "warmup_steps", "warmup_fraction",
+                       "min_lr_ratio", "grad_clip", "ema_decay", "precision", "seed")
+# Model config fields that may change on resume: they select kernels, not what is computed.
+_FREE_MODEL_FIELDS = ("backend",)
+
+
+class RunMismatchError(UserError, FileExistsError):
+    """The run folder holds a different run (or any run, when not resuming)."""
+
+
+def _comparable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"name: saved -> current"`` for every run-defining option that differs."""
+    differences = []
+
+    def compare(label, old, new):
+        old, new = _comparable(old), _comparable(new)
+        if old != new:
+            differences.append(f"{label}: {old!r} -> {new!r}")
+
+    compare("model", saved.get("model"), current.get("model"))
+    old_model, new_model = saved.get("model_config") or {}, current.get("model_config") or {}
+    for name in sorted(set(old_model) | set(new_model)):
+        if name not in _FREE_MODEL_FIELDS:
+            compare(f"model {name}", old_model.get(name), new_model.get(name))
+    old_data, new_data = saved.get("data") or {}, current.get("data") or {}
+    for name in sorted(set(old_data) | set(new_data)):
+        compare(f"data {name}", old_data.get(name), new_data.get(name))
+    old_train, new_train = saved.get("train") or {}, current.get("train") or {}
+    for name in _RUN_DEFINING_TRAIN:
+        compare(name, old_train.get(name), new_train.get(name))
+    compare("world_size", saved.get("world_size"), current.get("world_size"))
+    # epochs / max_steps: the learning-rate schedule spans total_steps, so a longer or shorter run
+    # would continue on a schedule that does not fit it.
+    compare("total_steps (from epochs and max_steps)", saved.get("total_steps"), current.get("total_steps"))
+    return differences
 
 
 class WarmupCosine:
@@ -139,6 +182,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.generator = torch.Generator(self.device)
+        # Whether out_dir already holds a run: looked at by every rank before rank 0 writes anything.
+        self._saved_run_config = self._read_saved_run_config()
+        self._holds_run = self._saved_run_config is not None or self._last_checkpoint_exists()
+        self.context.barrier()
         self.log = RunLog(self.out_dir, enabled=ctx.is_main) if self.out_dir is not None else None
 
         # Progress, all restored by resume.
@@ -176,6 +223,25 @@ class Trainer:
             "torch": str(torch.__version__),
         }
 
+    def _last_checkpoint_exists(self) -> bool:
+        return self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists()
+
+    def _read_saved_run_config(self) -> dict[str, Any] | None:
+        if self.out_dir is None or not (self.out_dir / "config.json").exists():
+            return None
+        from stmodels.train.runs import read_run_config
+
+        return read_run_config(self.out_dir)
+
+    def _check_same_run(self, saved: dict[str, Any] | None, source: Path) -> None:
+        if not isinstance(saved, dict):
+            return
+        differences = run_differences(saved, self.run_config())
+        if differences:
+            raise RunMismatchError(f"{source}: the run was made with other options; resuming it with these would "
+                                   f"mix two runs ({'; '.join(differences)}). Use the run's options, or a new "
+                                   "--out (or --overwrite to move the old run aside)")
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -189,7 +255,9 @@ class Trainer:
             "run": self.run_config(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
+        require_entries(state, source, ("model", "optimizer", "scheduler", "epoch", "batch_in_epoch", "step",
+                                        "epoch_sums", "best", "history", "step_rows"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -218,7 +286,13 @@ class Trainer:
                 raise CheckpointError("Trainer.resume: this trainer has no out_dir, so no checkpoint to resume")
             path = self.checkpoint_dir / "last.pt"
         state = load_checkpoint(path, map_location=self.device)
-        self.load_state_dict(state)
+        self._check_same_run(state.get("run"), Path(path))
+        try:
+            self.load_state_dict(state, path)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise CheckpointError(f"{path}: does not fit this trainer ({type(exc).__name__}: {exc})") from exc
 
     def _save_best(self, result: EvalResult) -> None:
         self.best = {"val_mse": result.metrics["mse"], "epoch": self.epoch, "step": self.step}
@@ -319,8 +393,13 @@ class Trainer:
         """
         cfg = self.config
         if resume == "auto":
-            last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
-            resume = bool(last and last.exists())
+            resume = self._last_checkpoint_exists()
+            if not resume and self._saved_run_config is not None:
+                # Started but killed before its first checkpoint: the same run may start again.
+                self._check_same_run(self._saved_run_config, self.out_dir / "config.json")
+        elif not resume and self._holds_run:
+            raise RunMismatchError(f"{self.out_dir}: already holds a run; resume it (--resume), or choose a new "
+                                   "folder (or --overwrite to move the old run aside)")
         if resume:
             self.resume(None if resume is True else resume)
         if self.log is not None:
