@@ -257,16 +257,28 @@ def test_a_manifest_with_raised_frame_counts_is_rebuilt(tmp_path):
     assert len(data) == 1 and not torch.isnan(torch.cat(data[0])).any()
 
 
-@pytest.mark.parametrize("content", ["[]", "null", '{"version": 1, "split": "train", "sequences": [{"name": "s", '
-                                     '"kind": "frames", "num_frames": "8"}]}', '{"version": 1, "split": "train", '
-                                     '"sequences": "x"}'])
-def test_a_malformed_manifest_is_rebuilt(tmp_path, content):
+@pytest.mark.parametrize("damage", ["list", "null", "string count", "files not a list", "sequences not a list"])
+def test_a_malformed_manifest_is_rebuilt(tmp_path, damage):
     from stmodels.data import CHDLFolder
 
     _frames_folder(tmp_path)
-    _manifest(tmp_path).write_text(content)
+    CHDLFolder(tmp_path, "train", 2, 2)
+    manifest = json.loads(_manifest(tmp_path).read_text())
+    record = manifest["sequences"][0]
+    if damage == "list":
+        manifest = []
+    elif damage == "null":
+        manifest = None
+    elif damage == "string count":
+        record["num_frames"] = "8"
+    elif damage == "files not a list":
+        record["num_frames"] = None
+    else:
+        manifest["sequences"] = "x"
+    _manifest(tmp_path).write_text(json.dumps(manifest))
     data = CHDLFolder(tmp_path, "train", 2, 2)
     assert data.manifest["s"]["num_frames"] == 4 and len(data) == 1
+    assert json.loads(_manifest(tmp_path).read_text())["sequences"][0]["num_frames"] == 4
 
 
 def test_an_npy_replaced_after_opening_is_an_error(tmp_path):
