@@ -125,12 +125,12 @@ def _cmd_train(args) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other (continue the run, or move it aside)")
     _check_device(args.device)
+    torch.manual_seed(args.seed)  # the initial weights, like everything else in the run, follow --seed
+    probe = create_model(args.model, **overrides)
+    _refuse_untrainable(args.model, probe)  # before anything is written
     if args.overwrite:
         _move_run_aside(Path(args.out))
     _check_writable_folder(Path(args.out), "--out")
-    torch.manual_seed(args.seed)  # the initial weights, like everything else in the run, follow --seed
-    probe = create_model(args.model, **overrides)
-    _refuse_untrainable(args.model, probe)
     T_in, channels, height, _ = probe.config.in_shape
     spec = parse_data_spec(
         args.data, in_frames=_or_default(args.in_frames, T_in),

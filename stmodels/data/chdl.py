@@ -230,7 +230,9 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], str] | None:
     try:
         with open(path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
-            shape, _, dtype = np.lib.format._read_array_header(handle, version)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
         return tuple(shape), np.dtype(dtype).name
     except Exception:
         return None

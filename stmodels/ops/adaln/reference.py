@@ -20,30 +20,27 @@ from stmodels.ops.adaln.checks import AdalnArgs
 __all__ = ["adaln_reference_kernel"]
 
 
-#: Rows whose largest |x| reaches this get their statistics in float64 (float32 squares overflow
-#: from |x - mean| ~ 1.8e19).
+#: Rows whose largest |x| reaches this are rescaled by a power of two first (float32 squares
+#: overflow from |x - mean| ~ 1.8e19).
 _LARGE = 2.0**48
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """``F.layer_norm`` over the last axis whose statistics cannot overflow.
 
-    Rows whose max ``|x|`` reaches ``2**48`` are normalised in float64, which has the range for any
-    float32 row, so ``LayerNorm(1e20 x) == LayerNorm(x)`` (up to eps) instead of NaN; every other
-    row takes ``F.layer_norm`` in ``x``'s dtype unchanged. Each path sees the other's rows as zeros,
-    so neither produces NaN that autograd would mask.
+    Rows whose max ``|x|`` reaches ``2**48`` are first scaled by the power of two that brings that
+    max into ``[1, 2)``: exact, and LayerNorm is scale-invariant (up to eps), so
+    ``LayerNorm(1e20 x) == LayerNorm(x)`` instead of NaN from float32 squares that overflow. Every
+    other row is multiplied by exactly 1, so its bits are ``F.layer_norm``'s. No data-dependent
+    Python branch: the function traces under ``torch.export`` and ``torch.compile``.
     """
     hidden = (x.shape[-1],)
     with torch.no_grad():
         amax = x.abs().amax(dim=-1, keepdim=True)
         large = torch.isfinite(amax) & (amax >= _LARGE)
-    if x.dtype == torch.float64 or not bool(large.any()):
-        return F.layer_norm(x, hidden, weight, bias, eps=eps)
-    ordinary = F.layer_norm(torch.where(large, 0.0, x), hidden, weight, bias, eps=eps)
-    wide = F.layer_norm(torch.where(large, x, 0.0).double(), hidden,
-                        None if weight is None else weight.double(),
-                        None if bias is None else bias.double(), eps=eps)
-    return torch.where(large, wide.to(x.dtype), ordinary)
+        exponent = torch.floor(torch.log2(torch.where(large, amax, torch.ones_like(amax))))
+        scale = torch.where(large, torch.exp2(-exponent), torch.ones_like(amax))
+    return F.layer_norm(x * scale, hidden, weight, bias, eps=eps)
 
 
 def adaln_reference_kernel(args: AdalnArgs) -> torch.Tensor:
