@@ -151,12 +151,14 @@ def _search_table(rows: list[dict]) -> list[str]:
     searched = [r for r in rows if r.get("seed") == 0 and r.get("sampler") == "single pass"]
     models = list(dict.fromkeys(r["model"] for r in searched))
     lrs = sorted({float(r["lr"]) for r in searched})
+    multi = [m for m in models if len({float(r["lr"]) for r in searched if r["model"] == m}) > 1]
+    if not multi:
+        return [f"Not run yet: every model so far was trained at one learning rate ({', '.join(f'{lr:g}' for lr in lrs)}).",
+                ""]
     lines = [".. list-table::", "   :header-rows: 1", "", "   * - model (selection-set MSE)"]
     lines += [f"     - lr {lr:g}" for lr in lrs]
-    for model in models:
+    for model in multi:
         by_lr = {float(r["lr"]): r for r in searched if r["model"] == model}
-        if len(by_lr) < 2:
-            continue
         lines.append(f"   * - {model}")
         for lr in lrs:
             row = by_lr.get(lr)
