@@ -58,7 +58,7 @@ def remove_stale_temporaries(path: os.PathLike | str) -> list[Path]:
         try:
             candidate.unlink()
             removed.append(candidate)
-        except OSError:
+        except OSError:  # already gone (another process cleaned it) or not ours to remove: best effort
             pass
     return removed
 

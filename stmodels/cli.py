@@ -389,7 +389,7 @@ def _safe_stdout() -> None:
         if hasattr(stream, "reconfigure"):
             try:
                 stream.reconfigure(errors="backslashreplace")
-            except (ValueError, OSError):
+            except (ValueError, OSError):  # a detached or closed stream: keep it as it is
                 pass
 
 
