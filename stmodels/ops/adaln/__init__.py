@@ -5,34 +5,16 @@ from __future__ import annotations
 import torch
 
 from stmodels.ops._backend import register_kernel, select_kernel
-from stmodels.ops.adaln import compiled as _compiled
+from stmodels.ops.adaln import compiled, triton
 from stmodels.ops.adaln.checks import OP, AdalnArgs, canonical_adaln_args
 from stmodels.ops.adaln.reference import adaln_reference_kernel
 
 __all__ = ["adaln_modulate", "adaln_modulate_ref", "AdalnArgs"]
 
+# One kernel per backend; each backend module states its own limits (see docs/ops.rst).
 register_kernel(OP, "reference", adaln_reference_kernel)
-_compiled.register(OP)
-
-
-def _adaln_triton_kernel(args: AdalnArgs) -> torch.Tensor:
-    # Imported on first use: importing triton costs about a second (the registry only find_spec's it).
-    from stmodels.ops.adaln.triton import adaln_triton_kernel
-
-    return adaln_triton_kernel(args)
-
-
-_TRITON_MAX_HIDDEN = 16384  # == stmodels.ops.adaln.triton.MAX_HIDDEN: a whole row stays in registers
-
-
-def _adaln_triton_reasons(args: AdalnArgs) -> list[str]:
-    hidden = args.x.shape[-1]
-    if hidden <= _TRITON_MAX_HIDDEN:
-        return []
-    return [f"`triton` keeps a whole row in registers: H <= {_TRITON_MAX_HIDDEN}, got H = {hidden}"]
-
-
-register_kernel(OP, "triton", _adaln_triton_kernel, extra_reasons=_adaln_triton_reasons)
+compiled.register(OP)
+triton.register(OP)
 
 
 def adaln_modulate(

@@ -20,7 +20,8 @@ from stmodels.ops._validate import (
     require_tensor,
 )
 
-__all__ = ["AdalnArgs", "canonical_adaln_args", "check_canonical_adaln", "check_canonical_adaln_bwd"]
+__all__ = ["OP", "AdalnArgs", "canonical_adaln_args", "check_canonical_adaln", "check_canonical_adaln_bwd",
+           "adaln_outputs_like", "adaln_grads_like"]
 
 OP = "adaln_modulate"
 _FLOAT_DTYPES = ACTIVATION_DTYPES
@@ -134,3 +135,20 @@ def check_canonical_adaln_bwd(op: str, dout, x, scale, weight, bias, mean, rstd,
         require_tensor(op, name, stat)
         require_dtype(op, name, stat, (torch.float32,))
         require_shape(op, name, stat, (batch, tokens), "(batch, S)")
+
+
+def adaln_outputs_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty forward outputs of every compiled/triton backend: ``out`` like ``x (B, S, H)``,
+    ``mean, rstd (B, S)`` float32 (the fake kernels return these)."""
+    batch, tokens, _ = x.shape
+    stats = x.new_empty((batch, tokens), dtype=torch.float32)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+def adaln_grads_like(x, scale, weight, bias) -> tuple[torch.Tensor, ...]:
+    """Empty backward outputs: ``dx`` like ``x``, ``dshift, dscale`` like ``scale``, ``dweight, dbias``
+    like ``weight, bias`` or an empty (0,) float32 placeholder where they are absent."""
+    def like(tensor):
+        return x.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
+
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale), like(weight), like(bias)

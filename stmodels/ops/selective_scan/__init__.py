@@ -9,36 +9,16 @@ from __future__ import annotations
 import torch
 
 from stmodels.ops._backend import register_kernel, select_kernel
-from stmodels.ops.selective_scan import compiled as _compiled
-from stmodels.ops.selective_scan.checks import ScanArgs, canonical_scan_args
+from stmodels.ops.selective_scan import compiled, triton
+from stmodels.ops.selective_scan.checks import OP, ScanArgs, canonical_scan_args
 from stmodels.ops.selective_scan.reference import scan_reference_kernel
 
 __all__ = ["selective_scan", "bi_selective_scan", "selective_scan_ref", "bi_selective_scan_ref", "ScanArgs"]
 
-OP = "selective_scan"
-
+# One kernel per backend; each backend module states its own limits (see docs/ops.rst).
 register_kernel(OP, "reference", scan_reference_kernel)
-_compiled.register(OP)
-
-#: Largest state size N of the ``triton`` kernels (kept equal to ``triton.MAX_STATE_SIZE``; stated here
-#: so that selection never imports triton).
-_TRITON_MAX_STATE_SIZE = 256
-
-
-def _triton_scan_kernel(args: ScanArgs):
-    # Imported on the first call: importing triton costs about a second.
-    from stmodels.ops.selective_scan import triton as triton_scan
-
-    return triton_scan.scan_triton_kernel(args)
-
-
-def _triton_scan_reasons(args: ScanArgs) -> list[str]:
-    if args.state_size > _TRITON_MAX_STATE_SIZE:
-        return [f"`triton` supports state sizes N <= {_TRITON_MAX_STATE_SIZE}, got N={args.state_size}"]
-    return []
-
-
-register_kernel(OP, "triton", _triton_scan_kernel, extra_reasons=_triton_scan_reasons)
+compiled.register(OP)
+triton.register(OP)
 
 
 #: Device types with an autocast state (torch.is_autocast_enabled raises for others, e.g. meta).

@@ -38,7 +38,10 @@ from stmodels.ops._validate import (
     require_tensor,
 )
 
-__all__ = ["ScanArgs", "canonical_scan_args", "check_canonical_scan"]
+__all__ = ["OP", "ScanArgs", "canonical_scan_args", "check_canonical_scan", "scan_outputs_like", "scan_grads_like"]
+
+#: The op's name in the backend registry.
+OP = "selective_scan"
 
 
 @dataclass(frozen=True)
@@ -255,3 +258,22 @@ def check_canonical_scan(op: str, u, delta, A, B, C, D, z, delta_bias, initial_s
         if tensor is not None:
             require_dtype(op, name, tensor, (torch.float32,))
     return args
+
+
+def scan_outputs_like(u: torch.Tensor, A: torch.Tensor, bidirectional: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty ``(out, last_state)`` of every compiled/triton forward (the fake kernels return these):
+    ``out (batch, dim, L)`` in u's dtype, ``last_state (batch, dim, N)`` or ``(2, batch, dim, N)`` float32."""
+    batch, dim, length = u.shape[-3:]
+    state_shape = (2, batch, dim, A.shape[-1]) if bidirectional else (batch, dim, A.shape[-1])
+    return u.new_empty((batch, dim, length)), u.new_empty(state_shape, dtype=torch.float32)
+
+
+def scan_grads_like(*inputs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Empty backward outputs, one per input (u, delta, A, B, C, D, z, delta_bias, initial_state): shaped
+    and typed like it, or an empty (0,) float32 placeholder for an absent optional input."""
+    u = inputs[0]
+
+    def like(tensor):
+        return u.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
+
+    return tuple(like(t) for t in inputs)

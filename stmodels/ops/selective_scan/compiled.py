@@ -1,9 +1,10 @@
 """The ``cpu`` and ``cuda`` backends: the compiled ``torch.ops.stmodels.selective_scan_fwd/_bwd``.
 
-The C++/CUDA kernels are registered by ``csrc/``; this module adds what PyTorch needs around them,
-once, and only when the extension loaded: fake (meta) kernels, so ``torch.compile`` and
-``torch.library.opcheck`` can trace them, and autograd, whose backward calls the ``_bwd`` op of the
-same device.
+The C++/CUDA kernels are registered by ``csrc/selective_scan/``; this module adds what PyTorch needs
+around them (through :func:`stmodels.ops._registration.register_op_pair`), once, and only when the
+extension loaded: fake (meta) kernels, so ``torch.compile`` and ``torch.library.opcheck`` can trace
+them, and autograd, whose backward calls the ``_bwd`` op of the same device. The CUDA kernels' limit
+(:data:`CUDA_MAX_STATE_SIZE`) is stated here, next to their registration.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 
 from stmodels import _ext
 from stmodels.ops._backend import missing_kernel_reasons, register_kernel
-from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan
+from stmodels.ops._registration import register_op_pair
+from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan, scan_grads_like, scan_outputs_like
 
 __all__ = ["register", "scan_compiled_kernel"]
 
@@ -22,11 +24,7 @@ _INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_st
 def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional):
     check_canonical_scan("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
                          delta_softplus, reverse, bidirectional)
-    batch, dim, length = u.shape[-3:]
-    N = A.shape[-1]
-    out = u.new_empty((batch, dim, length))
-    state_shape = (2, batch, dim, N) if bidirectional else (batch, dim, N)
-    return out, u.new_empty(state_shape, dtype=torch.float32)
+    return scan_outputs_like(u, A, bidirectional)
 
 
 def _fake_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse,
@@ -34,11 +32,7 @@ def _fake_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, initi
     args = check_canonical_scan("selective_scan_bwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
                                 delta_softplus, reverse, bidirectional)
     _check_grads(dout, dlast_state, args)
-
-    def like(tensor):
-        return dout.new_empty((0,), dtype=torch.float32) if tensor is None else torch.empty_like(tensor)
-
-    return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    return scan_grads_like(u, delta, A, B, C, D, z, delta_bias, initial_state)
 
 
 def _check_grads(dout, dlast_state, args: ScanArgs) -> None:
@@ -71,19 +65,6 @@ def _backward(ctx, grad_out, grad_last_state):
     return (*result, None, None, None)
 
 
-_registered = False
-
-
-def _register_torch_library() -> None:
-    global _registered
-    if _registered:
-        return
-    torch.library.register_fake("stmodels::selective_scan_fwd")(_fake_forward)
-    torch.library.register_fake("stmodels::selective_scan_bwd")(_fake_backward)
-    torch.library.register_autograd("stmodels::selective_scan_fwd", _backward, setup_context=_setup_context)
-    _registered = True
-
-
 def scan_compiled_kernel(args: ScanArgs) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the compiled op (the CPU or CUDA kernel, chosen by the device of the inputs)."""
     return torch.ops.stmodels.selective_scan_fwd(
@@ -105,7 +86,8 @@ def _cuda_reasons(args: ScanArgs) -> list[str]:
 def register(op: str) -> None:
     """Register the cpu and cuda kernels of ``op``, and the torch.library glue if the extension loaded."""
     if _ext.available():
-        _register_torch_library()
+        register_op_pair("stmodels::selective_scan_fwd", "stmodels::selective_scan_bwd", fake_forward=_fake_forward,
+                         fake_backward=_fake_backward, setup_context=_setup_context, backward_fn=_backward)
     register_kernel(op, "cpu", scan_compiled_kernel, missing=missing_kernel_reasons("selective_scan", "CPU"))
     register_kernel(op, "cuda", scan_compiled_kernel, extra_reasons=_cuda_reasons,
                     missing=missing_kernel_reasons("selective_scan", "CUDA"))

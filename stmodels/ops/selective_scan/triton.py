@@ -1,8 +1,9 @@
 """The ``triton`` backend of the selective scan: custom ops ``stmodels_triton::scan_fwd`` / ``scan_bwd``.
 
-Imported lazily by the front door on the first Triton call (importing triton costs about a second).
-The kernels live in :mod:`stmodels.ops.selective_scan.triton_kernels`; this module allocates their
-buffers, launches them, and reduces their partials.
+The kernels live in :mod:`stmodels.ops.selective_scan.triton_kernels`, imported (with triton) on the
+first launch: importing triton costs about a second. This module, imported with the front door,
+allocates their buffers, launches them, reduces their partials and states the backend's limit
+(:data:`MAX_STATE_SIZE`) for the registry.
 
 Design:
 
@@ -25,21 +26,18 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
-import triton
 
-from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan
-from stmodels.ops.selective_scan.triton_kernels import combine_kernel, scan_bwd_kernel, scan_fwd_kernel
+from stmodels.ops._backend import register_kernel
+from stmodels.ops._launch import INTERPRETING, cdiv, next_power_of_2, on_device
+from stmodels.ops._registration import register_op_pair
+from stmodels.ops.selective_scan.checks import ScanArgs, check_canonical_scan, scan_grads_like, scan_outputs_like
 
-__all__ = ["scan_triton_kernel", "scan_fwd", "scan_bwd", "MAX_STATE_SIZE", "CHUNK_SIZE", "BLOCK_D", "chunk_size"]
+__all__ = ["scan_triton_kernel", "scan_fwd", "scan_bwd", "MAX_STATE_SIZE", "CHUNK_SIZE", "BLOCK_D", "chunk_size",
+           "register"]
 
 #: Largest state size N the kernels hold in registers (N is padded to a power of two).
 MAX_STATE_SIZE = 256
-
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: Scan steps between saved states; None picks the default (8 under the interpreter, so that small
 #: test sequences span several chunks, 64 on a GPU). Tests may set it to exercise other chunkings.
@@ -53,19 +51,7 @@ BLOCK_D: int | None = None
 
 def chunk_size() -> int:
     """Scan steps per chunk of the backward recomputation (see :data:`CHUNK_SIZE`)."""
-    return CHUNK_SIZE if CHUNK_SIZE is not None else (8 if _INTERPRETING else 64)
-
-
-def _configs():
-    # BLOCK_D sizes the partial buffers, so it is chosen before the launch; only warps are tuned.
-    # Under the interpreter one config: autotuning would rerun the slow interpreted kernel.
-    warps = (4,) if _INTERPRETING else (2, 4, 8)
-    return [triton.Config({}, num_warps=w) for w in warps]
-
-
-_KEY = ["N_P", "BLOCK_D", "B_VAR", "C_VAR", "HAS_Z", "CHUNK"]
-_fwd = triton.autotune(configs=_configs(), key=_KEY)(scan_fwd_kernel)
-_bwd = triton.autotune(configs=_configs(), key=_KEY)(scan_bwd_kernel)
+    return CHUNK_SIZE if CHUNK_SIZE is not None else (8 if INTERPRETING else 64)
 
 
 class _Layout:
@@ -79,14 +65,14 @@ class _Layout:
         self.C_var = C.dim() >= 4
         self.groups = B.shape[-3] if self.B_var else (C.shape[-3] if self.C_var else 1)
         self.per_group = self.dim // self.groups
-        self.N_P = triton.next_power_of_2(self.N)
+        self.N_P = next_power_of_2(self.N)
         # Bound the register tile (BLOCK_D x N_P); the interpreter prefers fewer, wider programs.
-        budget = 4096 if _INTERPRETING else 2048
-        cap = 64 if _INTERPRETING else 32
-        self.block_d = max(1, min(triton.next_power_of_2(self.per_group), cap, budget // self.N_P))
+        budget = 4096 if INTERPRETING else 2048
+        cap = 64 if INTERPRETING else 32
+        self.block_d = max(1, min(next_power_of_2(self.per_group), cap, budget // self.N_P))
         if BLOCK_D is not None:
             self.block_d = BLOCK_D
-        self.blocks_per_group = triton.cdiv(self.per_group, self.block_d)
+        self.blocks_per_group = cdiv(self.per_group, self.block_d)
         self.grid = (self.directions, self.batch, self.groups * self.blocks_per_group)
 
 
@@ -106,11 +92,6 @@ def _strides(u, delta, A, B, C, D, delta_bias, bidirectional: bool):
         _direction_stride(C, C_rank, bidirectional), _direction_stride(D, 1, bidirectional),
         _direction_stride(delta_bias, 1, bidirectional),
     )
-
-
-def _on_device(tensor: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the inputs' device.
-    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _contiguous(*tensors):
@@ -143,15 +124,17 @@ def scan_fwd(
     u, delta, A, B, C, D, z, delta_bias, initial_state = _contiguous(
         u, delta, A, B, C, D, z, delta_bias, initial_state)
     lay = _Layout(u, A, B, C, bidirectional)
-    n_chunks = triton.cdiv(lay.length, chunk)
+    n_chunks = cdiv(lay.length, chunk)
     states = u.new_empty((lay.directions, lay.batch, lay.dim, n_chunks, lay.N), dtype=torch.float32)
     last_shape = (2, lay.batch, lay.dim, lay.N) if bidirectional else (lay.batch, lay.dim, lay.N)
     last = u.new_empty(last_shape, dtype=torch.float32)
     out = u.new_empty((lay.batch, lay.dim, lay.length))
     gate_here = lay.directions == 1
     y = out if gate_here else u.new_empty((2, lay.batch, lay.dim, lay.length), dtype=torch.float32)
-    with _on_device(u):
-        _fwd[lay.grid](
+    from stmodels.ops.selective_scan.triton_kernels import combine_kernel, scan_fwd_kernel
+
+    with on_device(u):
+        scan_fwd_kernel[lay.grid](
             u, delta, A, B, C, D, z, delta_bias, initial_state, y, last, states,
             *_strides(u, delta, A, B, C, D, delta_bias, bidirectional),
             REVERSE=reverse, SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None,
@@ -161,21 +144,18 @@ def scan_fwd(
         if not gate_here:
             numel = out.numel()
             block = 1024
-            combine_kernel[(triton.cdiv(numel, block),)](y, z, out, numel, HAS_Z=z is not None, BLOCK=block)
+            combine_kernel[(cdiv(numel, block),)](y, z, out, numel, HAS_Z=z is not None, BLOCK=block)
     return out, last, states
 
 
-@scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional, chunk):
+def _fake_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, bidirectional,
+                  chunk):
     check_canonical_scan("selective_scan_fwd", u, delta, A, B, C, D, z, delta_bias, initial_state,
                          delta_softplus, reverse, bidirectional)
     batch, dim, length = u.shape[-3:]
-    N = A.shape[-1]
     directions = 2 if bidirectional else 1
-    n_chunks = (length + chunk - 1) // chunk
-    last_shape = (2, batch, dim, N) if bidirectional else (batch, dim, N)
-    return (u.new_empty((batch, dim, length)), u.new_empty(last_shape, dtype=torch.float32),
-            u.new_empty((directions, batch, dim, n_chunks, N), dtype=torch.float32))
+    states = u.new_empty((directions, batch, dim, cdiv(length, chunk), A.shape[-1]), dtype=torch.float32)
+    return (*scan_outputs_like(u, A, bidirectional), states)
 
 
 def _reduce(partial: torch.Tensor, like: torch.Tensor, shared_rank: int, bidirectional: bool) -> torch.Tensor:
@@ -220,8 +200,10 @@ def scan_bwd(
     dh0 = u.new_empty((batch, dim, N) if initial_state is not None else (0,), **f32)
     programs = nd * batch * lay.grid[2]
     scratch = u.new_empty((programs, chunk + 1, lay.block_d, lay.N_P), **f32)
-    with _on_device(u):
-        _bwd[lay.grid](
+    from stmodels.ops.selective_scan.triton_kernels import scan_bwd_kernel
+
+    with on_device(u):
+        scan_bwd_kernel[lay.grid](
             dout, dlast, u, delta, A, B, C, D, z, delta_bias, states, scratch,
             du, ddelta, y, dA, dB, dC, dD, dbias, dh0,
             *_strides(u, delta, A, B, C, D, delta_bias, bidirectional),
@@ -256,13 +238,9 @@ def scan_bwd(
     )
 
 
-@scan_bwd.register_fake
-def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus, reverse,
-      bidirectional, chunk):
-    def like(tensor):
-        return dout.new_empty((0,), dtype=torch.float32) if tensor is None else tensor.new_empty(tensor.shape)
-
-    return tuple(like(t) for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+def _fake_backward(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, states, delta_softplus,
+                   reverse, bidirectional, chunk):
+    return scan_grads_like(u, delta, A, B, C, D, z, delta_bias, initial_state)
 
 
 def _setup_context(ctx, inputs, output):
@@ -282,9 +260,6 @@ def _backward(ctx, grad_out, grad_last_state, grad_states):
     return (*result, None, None, None, None)
 
 
-scan_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
 def scan_triton_kernel(args: ScanArgs) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the Triton scan on canonical arguments; returns ``(out, last_state)`` like every backend."""
     out, last_state, _ = torch.ops.stmodels_triton.scan_fwd(
@@ -292,3 +267,17 @@ def scan_triton_kernel(args: ScanArgs) -> tuple[torch.Tensor, torch.Tensor]:
         args.delta_softplus, args.reverse, args.bidirectional, chunk_size(),
     )
     return out, last_state
+
+
+def triton_reasons(args: ScanArgs) -> list[str]:
+    """Why the triton kernels cannot run ``args`` (empty when they can)."""
+    if args.state_size > MAX_STATE_SIZE:
+        return [f"`triton` supports state sizes N <= {MAX_STATE_SIZE}, got N={args.state_size}"]
+    return []
+
+
+def register(op: str) -> None:
+    """Register the ``triton`` kernel of ``op`` and the custom ops' fake kernels and autograd."""
+    register_op_pair("stmodels_triton::scan_fwd", "stmodels_triton::scan_bwd", fake_forward=_fake_forward,
+                     fake_backward=_fake_backward, setup_context=_setup_context, backward_fn=_backward)
+    register_kernel(op, "triton", scan_triton_kernel, extra_reasons=triton_reasons)

@@ -8,6 +8,10 @@ Grid of the scan kernels: ``(directions, batch, G * blocks_per_group)``. A progr
 channels of one group (so its B/C gradient partials belong to a single group), holds the state
 ``h: (BLOCK_D, N_P)`` in float32 registers (``N_P`` = N rounded up to a power of two, masked) and walks
 time by index: t = 0..L-1 for a forward direction, t = L-1..0 for a reversed one.
+
+Only the warp count is autotuned: ``BLOCK_D`` sizes the partial buffers, so the launcher chooses it
+before the launch. Under Triton's interpreter there is one config (autotuning would rerun the slow
+interpreted kernel).
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from stmodels.ops._launch import INTERPRETING
+
 __all__ = ["scan_fwd_kernel", "scan_bwd_kernel", "combine_kernel"]
+
+_CONFIGS = [triton.Config({}, num_warps=w) for w in ((4,) if INTERPRETING else (2, 4, 8))]
+_KEY = ["N_P", "BLOCK_D", "B_VAR", "C_VAR", "HAS_Z", "CHUNK"]
 
 
 @triton.jit
@@ -34,6 +43,7 @@ def _program_coords(dim, L, cpg, nblk, REVERSE: tl.constexpr, BLOCK_D: tl.conste
     return k, b, grp, sub, d, dmask, rev, row
 
 
+@triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
@@ -130,6 +140,7 @@ def combine_kernel(y_ptr, z_ptr, out_ptr, numel, HAS_Z: tl.constexpr, BLOCK: tl.
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit
 def scan_bwd_kernel(
     dout_ptr, dlast_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, scratch_ptr,
