@@ -6,7 +6,7 @@
 // torch.nn.functional.layer_norm).
 //
 // This file validates the arguments, allocates the outputs, picks the kernel flavour for the CPU
-// (adaln_kernel_{base,avx2,avx512}.cpp, one templated kernel in adaln_kernel.h) and splits the
+// (adaln_kernel_{generic,avx2,avx512}.cpp, one templated kernel in adaln_kernel.h) and splits the
 // work with at::parallel_for. The file must be compiled with -fopenmp: at::parallel_for is a header
 // template that only runs in parallel when _OPENMP is defined in the calling translation unit.
 //

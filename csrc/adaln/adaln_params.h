@@ -1,5 +1,5 @@
 // Plain argument blocks shared by the AdaLN CPU op (adaln_cpu.cpp) and its per-ISA kernels
-// (adaln_kernel.h, instantiated by adaln_kernel_{base,avx2,avx512}.cpp). AdaLN: LayerNorm
+// (adaln_kernel.h, instantiated by adaln_kernel_{generic,avx2,avx512}.cpp). AdaLN: LayerNorm
 // (Ba, Kiros & Hinton 2016) modulated by DiT's adaptive shift and scale (Peebles & Xie 2023).
 //
 // This header is deliberately free of torch/std headers: the kernel translation units are compiled

@@ -19,7 +19,7 @@
 #include <tuple>
 #include <vector>
 
-#include "scan_common.h"
+#include "selective_scan_params.h"
 #include "selective_scan_checks.h"
 
 // at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it silently runs
@@ -32,7 +32,7 @@
 #define STM_SCAN_VEC 0
 #define STM_SCAN_NS isa_generic
 #define STM_SCAN_NAME "generic"
-#include "scan_kernel.h"
+#include "selective_scan_kernel.h"
 
 namespace stmodels {
 namespace scan {
@@ -95,7 +95,7 @@ using scan_checks::Inputs;
 int64_t ndir_of(const Tensor& t, int64_t base_rank) { return t.dim() > base_rank ? 2 : 1; }
 
 // A zero-filled float32 tensor of `shape` whose data starts at cache line `line` modulo 4 KiB
-// (see kLineB in scan_kernel.h: streams read in lockstep must not share L1 sets).
+// (see kLineB in selective_scan_kernel.h: streams read in lockstep must not share L1 sets).
 Tensor zeros_at_line(at::IntArrayRef shape, int line, const at::TensorOptions& opt) {
   const int64_t n = c10::multiply_integers(shape);
   Tensor buf = at::zeros({n + 1024}, opt.dtype(at::kFloat));

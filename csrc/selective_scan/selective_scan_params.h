@@ -1,6 +1,6 @@
 // Plain-data interface between the selective-scan op (selective_scan_cpu.cpp, which validates,
 // prepares padded float32 copies of A/B/C and reduces the partial gradient buffers) and the
-// vectorised kernels (scan_kernel.h, compiled once per ISA in its own namespace).
+// vectorised kernels (selective_scan_kernel.h, compiled once per ISA in its own namespace).
 //
 // This header deliberately includes no torch headers: the ISA translation units are compiled
 // with -mavx2 / -mavx512*, and any inline function they share with the baseline TU (a torch

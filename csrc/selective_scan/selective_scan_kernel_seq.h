@@ -1,8 +1,8 @@
 // Per-channel sequence helpers of the selective-scan kernels: dtype conversion of the (batch,
 // dim, L) inputs and outputs, the elementwise parts vectorised over time (softplus, sigmoid),
 // the deferred sums over the state dimension (row buffers reduced W at a time), and where the
-// streamed buffers live in memory. Included by scan_kernel.h inside the per-ISA namespace, after
-// scan_vec.h (Vec, V, VT, W, imin, round_up).
+// streamed buffers live in memory. Included by selective_scan_kernel.h inside the per-ISA
+// namespace, after selective_scan_vec.h (Vec, V, VT, W, imin, round_up).
 
 // ---------------------------------------------------------------- sequences
 

@@ -1,4 +1,4 @@
-// AVX-512 build of the selective-scan kernels (see scan_kernel.h). The build compiles this file
+// AVX-512 build of the selective-scan kernels (see selective_scan_kernel.h). The build compiles this file
 // with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma; selective_scan_cpu.cpp calls it only
 // when the CPU reports those features. Without them (another compiler or architecture) it
 // compiles to a stub that reports "not available".
@@ -8,14 +8,14 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#include "scan_common.h"
+#include "selective_scan_params.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512DQ__) && defined(__FMA__)
 #define STM_SCAN_VEC 512
 #define STM_SCAN_NS isa_avx512
 #define STM_SCAN_NAME "avx512"
-#include "scan_kernel.h"
+#include "selective_scan_kernel.h"
 
 namespace stmodels {
 namespace scan {

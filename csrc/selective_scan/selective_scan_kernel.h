@@ -4,7 +4,7 @@
 //   h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t . h_t + D u_t,   out = (sum_k y) silu(z)
 //
 // Included once by each ISA translation unit, which defines STM_SCAN_VEC (512 | 256 | 0) and
-// STM_SCAN_NS (a namespace private to that ISA build; see scan_common.h for why).
+// STM_SCAN_NS (a namespace private to that ISA build; see selective_scan_params.h for why).
 //
 // Layout of the work:
 // * One task is one (b, d) sequence (forward) or a fixed chunk of channels of one (b, group)
@@ -32,17 +32,17 @@
 #include <immintrin.h>
 #endif
 
-#include "scan_common.h"
+#include "selective_scan_params.h"
 
 #ifndef STM_SCAN_NS
-#error "define STM_SCAN_NS (a namespace private to this ISA build) before including scan_kernel.h"
+#error "define STM_SCAN_NS (a namespace private to this ISA build) before including selective_scan_kernel.h"
 #endif
 
 namespace stmodels {
 namespace scan {
 namespace STM_SCAN_NS {
 
-#include "scan_vec.h"
+#include "selective_scan_vec.h"
 
 using V = Vec;
 using VT = Vec::T;
@@ -58,7 +58,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t bwd_chunk(const ScanParams& p) { return imin(p.L, 32768 / W); }
 inline int64_t fwd_chunk(const ScanParams& p) { return imin(p.L, 256); }
 
-#include "scan_seq.h"
+#include "selective_scan_kernel_seq.h"
 
 // ---------------------------------------------------------------- inner loops (one n-block)
 
