@@ -3,8 +3,10 @@
 // State Spaces", Alg. 2), per channel (b, d) and direction k:
 //   h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t . h_t + D u_t,   out = (sum_k y) silu(z)
 //
-// Included once by each ISA translation unit, which defines STM_SCAN_VEC (512 | 256 | 0) and
-// STM_SCAN_NS (a namespace private to that ISA build; see selective_scan_params.h for why).
+// Included once by each ISA translation unit (selective_scan_kernel_{generic,avx2,avx512}.cpp),
+// which defines STMODELS_ISA (a namespace private to that build; see selective_scan_params.h for
+// why), STMODELS_ISA_NAME (its name in the ScanKernels table) and STM_SCAN_VEC (the vector type of
+// selective_scan_vec.h: 512 | 256 | 0).
 //
 // Layout of the work:
 // * One task is one (b, d) sequence (forward) or a fixed chunk of channels of one (b, group)
@@ -34,13 +36,13 @@
 
 #include "selective_scan_params.h"
 
-#ifndef STM_SCAN_NS
-#error "define STM_SCAN_NS (a namespace private to this ISA build) before including selective_scan_kernel.h"
+#if !defined(STMODELS_ISA) || !defined(STMODELS_ISA_NAME) || !defined(STM_SCAN_VEC)
+#error "selective_scan_kernel.h needs STMODELS_ISA, STMODELS_ISA_NAME and STM_SCAN_VEC"
 #endif
 
 namespace stmodels {
 namespace scan {
-namespace STM_SCAN_NS {
+namespace STMODELS_ISA {
 
 #include "selective_scan_vec.h"
 
@@ -441,10 +443,10 @@ inline void bwd(const ScanParams& p, int64_t begin, int64_t end, float* ws) {
 }
 
 inline const ScanKernels* kernels() {
-  static const ScanKernels k{STM_SCAN_NAME, W, &fwd_ws, &fwd, &bwd_ws, &bwd};
+  static const ScanKernels k{STMODELS_ISA_NAME, W, &fwd_ws, &fwd, &bwd_ws, &bwd};
   return &k;
 }
 
-}  // namespace STM_SCAN_NS
+}  // namespace STMODELS_ISA
 }  // namespace scan
 }  // namespace stmodels

@@ -1,23 +1,21 @@
-// AVX2 + FMA build of the selective-scan kernels (see selective_scan_kernel.h). The build compiles this
-// file with -mavx2 -mfma; selective_scan_cpu.cpp calls it only when the CPU reports AVX2 and FMA
-// (and AVX-512 is not available). Without those flags it compiles to a "not available" stub.
+// AVX2 build of the selective-scan kernels (selective_scan_kernel.h): setup.py compiles
+// *_avx2.cpp with -mavx2 -mfma -mf16c, and the dispatch (csrc/cpu_isa.h) calls kernels_avx2()
+// only on a CPU that reports all three. Compiled without them (another compiler or architecture)
+// this file is a stub whose nullptr tells the dispatch that the build is absent.
 #include "selective_scan_params.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define STM_SCAN_VEC 256
-#define STM_SCAN_NS isa_avx2
-#define STM_SCAN_NAME "avx2"
+#define STMODELS_ISA avx2
+#define STMODELS_ISA_NAME "avx2"
 #include "selective_scan_kernel.h"
+#define STMODELS_KERNELS avx2::kernels()
+#else
+#define STMODELS_KERNELS nullptr
+#endif
 
 namespace stmodels {
 namespace scan {
-const ScanKernels* kernels_avx2() { return isa_avx2::kernels(); }
+const ScanKernels* kernels_avx2() { return STMODELS_KERNELS; }
 }  // namespace scan
 }  // namespace stmodels
-#else
-namespace stmodels {
-namespace scan {
-const ScanKernels* kernels_avx2() { return nullptr; }
-}  // namespace scan
-}  // namespace stmodels
-#endif
