@@ -8,7 +8,9 @@ Environment variables:
     DEBUG=1                 -O0 -g instead of -O3.
 
 Every `csrc/**/*.cpp` is compiled with the portable flags; files named `*_avx2.cpp` or
-`*_avx512.cpp` additionally get that instruction set, and the kernels choose a variant at run time.
+`*_avx512.cpp` (each op's `<op>_kernel_avx2.cpp`, `<op>_kernel_avx512.cpp`) additionally get that
+instruction set, and csrc/cpu_isa.h chooses a build at run time (its CPU check must require every
+extension that ISA_FLAGS enables).
 Install with `pip install -e . --no-build-isolation`, so the extension is built against the torch
 already installed.
 """

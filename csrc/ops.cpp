@@ -30,7 +30,10 @@
 //   Returns out (batch, S, H), and mean, rstd (batch, S) float32 saved for the backward.
 #include <torch/library.h>
 
+#include <string>
+
 #include "build_info.h"
+#include "cpu_isa.h"
 
 TORCH_LIBRARY(stmodels, m) {
   m.def(
@@ -51,4 +54,13 @@ TORCH_LIBRARY(stmodels, m) {
       "Tensor dweight, Tensor dbias)");
   // Build metadata of the loaded binary (JSON text), shown by `python -m stmodels.info`.
   m.def("build_info() -> str", [] { return std::string(stmodels::kBuildInfoJson); });
+  // The CPU kernel build ("generic", "avx2" or "avx512") that a call of `op` ("selective_scan" or
+  // "adaln") with inputs of `dtype` would run now, STMODELS_CPU_ISA included (csrc/cpu_isa.h).
+  m.def("cpu_kernel_build(str op, ScalarType dtype) -> str",
+        [](c10::string_view op, c10::ScalarType dtype) -> std::string {
+          if (op == "selective_scan") return stmodels::scan::cpu_kernel_build(dtype);
+          if (op == "adaln") return stmodels::adaln::cpu_kernel_build(dtype);
+          TORCH_CHECK(false, "cpu_kernel_build: unknown op '", std::string(op),
+                      "'; expected selective_scan or adaln");
+        });
 }

@@ -135,7 +135,8 @@ def test_cuda_scan_state_size_limit_matches_the_kernel():
 
     from stmodels.ops.selective_scan.compiled import CUDA_MAX_STATE_SIZE
 
-    source = (Path(__file__).resolve().parents[1] / "csrc" / "selective_scan" / "scan_cuda_common.cuh").read_text()
+    csrc = Path(__file__).resolve().parents[1] / "csrc" / "selective_scan"
+    source = (csrc / "selective_scan_cuda_common.cuh").read_text()
     assert re.search(r"constexpr int kMaxN = (\d+);", source).group(1) == str(CUDA_MAX_STATE_SIZE)
 
 

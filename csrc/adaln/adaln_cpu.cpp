@@ -5,10 +5,11 @@
 // with LayerNorm as in Ba, Kiros & Hinton 2016 ("Layer Normalization"; biased variance, as
 // torch.nn.functional.layer_norm).
 //
-// This file validates the arguments, allocates the outputs, picks the kernel flavour for the CPU
-// (adaln_kernel_{base,avx2,avx512}.cpp, one templated kernel in adaln_kernel.h) and splits the
-// work with at::parallel_for. The file must be compiled with -fopenmp: at::parallel_for is a header
-// template that only runs in parallel when _OPENMP is defined in the calling translation unit.
+// This file validates the arguments, allocates the outputs, picks the kernel build for the CPU
+// (adaln_kernel_{generic,avx2,avx512}.cpp, one templated kernel in adaln_kernel.h, chosen through
+// csrc/cpu_isa.h; STMODELS_CPU_ISA forces one) and splits the work with at::parallel_for. The
+// file must be compiled with -fopenmp: at::parallel_for is a header template that only runs in
+// parallel when _OPENMP is defined in the calling translation unit.
 //
 // Determinism: rows are grouped into blocks fixed by the shape (Blocking); every block is computed
 // by one thread, sequentially, into its own partial sums, and the partials are reduced in block
@@ -20,13 +21,13 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <optional>
 #include <tuple>
 
 #include "adaln_checks.h"
 #include "adaln_params.h"
+#include "cpu_isa.h"
 
 #ifndef _OPENMP
 #warning "adaln_cpu.cpp built without -fopenmp: at::parallel_for will run single-threaded"
@@ -38,85 +39,16 @@ namespace {
 
 using at::Tensor;
 
-// ---- kernel flavour ---------------------------------------------------------------------------
-enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
-struct Caps {
-  bool avx2 = false;    // avx2 + fma + f16c (adaln_kernel_avx2.cpp)
-  bool avx512 = false;  // avx512 f/bw/vl/dq + fma (adaln_kernel_avx512.cpp)
-};
-
-Caps cpu_caps() {
-  static const Caps caps = [] {
-    Caps c;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    c.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
-    c.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("fma");
-#endif
-    return c;
-  }();
-  return caps;
-}
-
-bool supported(Isa isa) {
-  const Caps c = cpu_caps();
-  return isa == Isa::kBase || (isa == Isa::kAvx2 && c.avx2) || (isa == Isa::kAvx512 && c.avx512);
-}
-
-// The flavour for a dtype. Measured on Zen 4 (8x256x384, one thread): float32 and float16 run
-// 5-10% faster with 8-lane AVX2 than with AVX-512 (both are bound by loads/stores, and Zen 4
-// executes 512-bit operations as two 256-bit halves), while bfloat16 runs 20-30% faster with
+// ---- kernel build -----------------------------------------------------------------------------
+// The build for a dtype (csrc/cpu_isa.h). Measured on Zen 4 (8x256x384, one thread): float32 and
+// float16 run 5-10% faster with 8-lane AVX2 than with AVX-512 (both are bound by loads/stores, and
+// Zen 4 executes 512-bit operations as two 256-bit halves), while bfloat16 runs 20-30% faster with
 // AVX-512 (its float -> bfloat16 rounding is integer work, half the instructions at 16 lanes).
-// STMODELS_ADALN_ISA=base|avx2|avx512 forces a flavour (to test each one on one machine); read on
-// every call so a test can switch it. A flavour the CPU lacks is never chosen.
-Isa pick_isa(DType dtype) {
-  if (const char* env = std::getenv("STMODELS_ADALN_ISA")) {
-    Isa want = Isa::kAvx512;
-    if (std::strcmp(env, "base") == 0) want = Isa::kBase;
-    else if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
-    for (int i = static_cast<int>(want); i > 0; --i)
-      if (supported(static_cast<Isa>(i))) return static_cast<Isa>(i);
-    return Isa::kBase;
-  }
-  const Caps c = cpu_caps();
-  if (dtype == kBFloat16 && c.avx512) return Isa::kAvx512;
-  if (c.avx2) return Isa::kAvx2;
-  if (c.avx512) return Isa::kAvx512;
-  return Isa::kBase;
-}
-
-void run_fwd(Isa isa, const FwdArgs& a, int64_t b0, int64_t b1, float* scratch) {
-  switch (isa) {
-#if defined(__x86_64__) || defined(__i386__)
-    case Isa::kAvx512: avx512::fwd_blocks(a, b0, b1, scratch); return;
-    case Isa::kAvx2: avx2::fwd_blocks(a, b0, b1, scratch); return;
-#endif
-    default: base::fwd_blocks(a, b0, b1, scratch); return;
-  }
-}
-
-void run_bwd(Isa isa, const BwdArgs& a, int64_t b0, int64_t b1, float* scratch) {
-  switch (isa) {
-#if defined(__x86_64__) || defined(__i386__)
-    case Isa::kAvx512: avx512::bwd_blocks(a, b0, b1, scratch); return;
-    case Isa::kAvx2: avx2::bwd_blocks(a, b0, b1, scratch); return;
-#endif
-    default: base::bwd_blocks(a, b0, b1, scratch); return;
-  }
-}
-
-void run_reduce(Isa isa, const BwdArgs& a, int64_t t0, int64_t t1) {
-  switch (isa) {
-#if defined(__x86_64__) || defined(__i386__)
-    case Isa::kAvx512: avx512::bwd_reduce(a, t0, t1); return;
-    case Isa::kAvx2: avx2::bwd_reduce(a, t0, t1); return;
-#endif
-    default: base::bwd_reduce(a, t0, t1); return;
-  }
+// STMODELS_CPU_ISA overrides the preference (to test every build on one machine).
+const AdalnKernels* pick_kernels(DType dtype) {
+  static constexpr cpu_isa::Getter<AdalnKernels> kBuilds[cpu_isa::kNumIsa] = {
+      &kernels_generic, &kernels_avx2, &kernels_avx512};
+  return cpu_isa::pick(kBuilds, dtype == kBFloat16 ? cpu_isa::kAvx512 : cpu_isa::kAvx2);
 }
 
 // Per-thread scratch rows, 64-byte aligned (and each row padded to 64 bytes, adaln_params.h): with
@@ -164,9 +96,8 @@ int64_t grain_blocks(const Blocking& bl) {
 }
 
 // ---- validation: adaln_checks.h -----------------------------------------------------------------
-DType dtype_of(const Tensor& x) {
-  return x.scalar_type() == at::kHalf ? kFloat16 : x.scalar_type() == at::kBFloat16 ? kBFloat16
-                                                                                     : kFloat32;
+DType dtype_of(at::ScalarType t) {
+  return t == at::kHalf ? kFloat16 : t == at::kBFloat16 ? kBFloat16 : kFloat32;
 }
 
 // ---- ops ----------------------------------------------------------------------------------------
@@ -191,7 +122,7 @@ std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cpu(const Tensor& x_, const Tensor&
 
   FwdArgs a{};
   a.blk = make_blocking(B, S, H, kFwdTargetBlocks);
-  a.dtype = dtype_of(x);
+  a.dtype = dtype_of(x.scalar_type());
   a.per_token = per_token;
   a.eps = static_cast<float>(eps);
   a.x = x.data_ptr();
@@ -203,11 +134,11 @@ std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cpu(const Tensor& x_, const Tensor&
   a.mean = mean.data_ptr<float>();
   a.rstd = rstd.data_ptr<float>();
 
-  const Isa isa = pick_isa(a.dtype);
+  const AdalnKernels* kr = pick_kernels(a.dtype);
   const int64_t nblocks = B * a.blk.chunks;
   at::parallel_for(0, nblocks, grain_blocks(a.blk), [&](int64_t b0, int64_t b1) {
     ScratchRows scratch(fwd_scratch_floats(H));
-    run_fwd(isa, a, b0, b1, scratch.get());
+    kr->fwd_blocks(a, b0, b1, scratch.get());
   });
   return {out, mean, rstd};
 }
@@ -231,7 +162,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
 
   BwdArgs a{};
   a.blk = make_blocking(B, S, H, kBwdTargetBlocks);
-  a.dtype = dtype_of(x);
+  a.dtype = dtype_of(x.scalar_type());
   a.per_token = shift_per_token;
   a.dout = dout.data_ptr();
   a.x = x.data_ptr();
@@ -251,10 +182,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
   Tensor partial = at::empty({std::max<int64_t>(1, nblocks * a.partial_stride)}, f32);
   a.partial = partial.data_ptr<float>();
 
-  const Isa isa = pick_isa(a.dtype);
+  const AdalnKernels* kr = pick_kernels(a.dtype);
   at::parallel_for(0, nblocks, grain_blocks(a.blk), [&](int64_t b0, int64_t b1) {
     ScratchRows scratch(bwd_scratch_floats(H));
-    run_bwd(isa, a, b0, b1, scratch.get());
+    kr->bwd_blocks(a, b0, b1, scratch.get());
   });
   // Broadcast form: dshift/dscale (and dweight/dbias) come from the per-block partials. Per-token
   // form: dshift/dscale are final; only dweight/dbias, if any, need the reduction. It reads
@@ -264,12 +195,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
     const int64_t ntasks = (H + kReduceCols - 1) / kReduceCols;
     const bool big = nblocks * a.partial_stride >= (int64_t{1} << 20);
     const int64_t grain = big ? 1 : ntasks;  // serial below 1M partial floats
-    at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) { run_reduce(isa, a, t0, t1); });
+    at::parallel_for(0, ntasks, grain, [&](int64_t t0, int64_t t1) { kr->bwd_reduce(a, t0, t1); });
   }
   return {dx, dshift, dscale, dweight, dbias};
 }
 
 }  // namespace
+
+const char* cpu_kernel_build(c10::ScalarType dtype) { return pick_kernels(dtype_of(dtype))->name; }
+
 }  // namespace adaln
 }  // namespace stmodels
 

@@ -9,12 +9,14 @@
 // multiple of 32): one warp for small H, up to 512 threads for large H. Thread t owns the chunks
 // c = t + j*T (j < kC) of W consecutive elements: W = 16 bytes / sizeof(dtype) (8 halves or 4
 // floats: one ld/st.global.v4) when H is a multiple of W and every pointer is 16-byte aligned, else
-// W = 1 (scalar loads, still coalesced). The row stays in registers: kC = fwd_chunks(W) /
-// fwd_token_chunks(W) / bwd_chunks(W) (adaln_cuda_common.cuh): 16 floats per thread in the per-sample
-// forward, 8 in the per-token forward (which also holds shift/scale) and in the backward, so
+// W = 1 (scalar loads, still coalesced). The row stays in registers (adaln_fwd_cached_kernel,
+// adaln_bwd_cached_kernel): kC = fwd_chunks(W) / fwd_token_chunks(W) / bwd_chunks(W)
+// (adaln_cuda_common.cuh): 16 floats per thread in the per-sample forward, 8 in the per-token
+// forward (which also holds shift/scale) and in the backward, so
 // T = roundup32(H / 16) or roundup32(H / 8): a warp per row up to H = 512 / 256; H = 2048 gets 128
-// / 256 threads. Longer rows (per-sample forward H > 8192, otherwise H > 4096) take an uncached
-// variant (kC = 0, 512 threads) that re-reads the row from global memory (L2) on each pass.
+// / 256 threads. Longer rows (per-sample forward H > 8192, otherwise H > 4096) take the uncached
+// kernels (adaln_fwd_uncached_kernel, adaln_bwd_uncached_kernel; 512 threads, one row group per
+// block) that re-read the row from global memory (L2) on each pass.
 // Rows are tiled: block k covers rows [s0, s1) of one sample (a function of the shape only), with
 // R = 256 / T row groups (blockDim.y; 1 when T > 128) each taking every R-th row. Per-sample
 // shift/scale are folded once per block into registers (out = xhat * A + C with
@@ -117,59 +119,47 @@ constexpr int64_t kBwdTargetBlocks = 512, kBwdMinRows = 4;
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-template <typename T, bool kPerToken>
-void launch_fwd_form(const Config& c, const FwdParams& p, cudaStream_t stream) {
-  constexpr int V = 16 / sizeof(T);
+// Chunk width W (the 16-byte vector or 1) as a template argument, then the kernel for the
+// configuration: the cached kernels take the form of shift/scale as a template argument, the
+// uncached ones read it from p (one instantiation each).
+template <typename T, int W>
+void launch_fwd_width(const Config& c, const FwdParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(c.blocks)), block(c.threads, c.groups);
-  if (c.W == V) {
-    if (c.cached) {
-      constexpr int kC = kPerToken ? fwd_token_chunks(V) : fwd_chunks(V);
-      adaln_fwd_kernel<T, V, kC, kPerToken><<<grid, block, 0, stream>>>(p);
-    } else {
-      adaln_fwd_kernel<T, V, 0, false><<<grid, block, 0, stream>>>(p);
-    }
+  if (!c.cached) {
+    adaln_fwd_uncached_kernel<T, W><<<grid, block, 0, stream>>>(p);
+  } else if (p.per_token) {
+    adaln_fwd_cached_kernel<T, W, fwd_token_chunks(W), true><<<grid, block, 0, stream>>>(p);
   } else {
-    if (c.cached) {
-      constexpr int kC = kPerToken ? fwd_token_chunks(1) : fwd_chunks(1);
-      adaln_fwd_kernel<T, 1, kC, kPerToken><<<grid, block, 0, stream>>>(p);
-    } else {
-      adaln_fwd_kernel<T, 1, 0, false><<<grid, block, 0, stream>>>(p);
-    }
+    adaln_fwd_cached_kernel<T, W, fwd_chunks(W), false><<<grid, block, 0, stream>>>(p);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
 void launch_fwd(const Config& c, const FwdParams& p, cudaStream_t stream) {
-  // The uncached variants read the form from p: instantiated once (kPerToken = false).
-  if (p.per_token && c.cached) launch_fwd_form<T, true>(c, p, stream);
-  else launch_fwd_form<T, false>(c, p, stream);
+  constexpr int V = 16 / sizeof(T);
+  if (c.W == V) launch_fwd_width<T, V>(c, p, stream);
+  else launch_fwd_width<T, 1>(c, p, stream);
 }
 
-template <typename T, bool kPerToken>
-void launch_bwd_form(const Config& c, const BwdParams& p, cudaStream_t stream) {
-  constexpr int V = 16 / sizeof(T);
+template <typename T, int W>
+void launch_bwd_width(const Config& c, const BwdParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(c.blocks)), block(c.threads, c.groups);
-  if (c.W == V) {
-    if (c.cached) {
-      adaln_bwd_kernel<T, V, bwd_chunks(V), kPerToken><<<grid, block, 0, stream>>>(p);
-    } else {
-      adaln_bwd_kernel<T, V, 0, false><<<grid, block, 0, stream>>>(p);
-    }
+  if (!c.cached) {
+    adaln_bwd_uncached_kernel<T, W><<<grid, block, 0, stream>>>(p);
+  } else if (p.per_token) {
+    adaln_bwd_cached_kernel<T, W, bwd_chunks(W), true><<<grid, block, 0, stream>>>(p);
   } else {
-    if (c.cached) {
-      adaln_bwd_kernel<T, 1, bwd_chunks(1), kPerToken><<<grid, block, 0, stream>>>(p);
-    } else {
-      adaln_bwd_kernel<T, 1, 0, false><<<grid, block, 0, stream>>>(p);
-    }
+    adaln_bwd_cached_kernel<T, W, bwd_chunks(W), false><<<grid, block, 0, stream>>>(p);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
 void launch_bwd(const Config& c, const BwdParams& p, cudaStream_t stream) {
-  if (p.per_token && c.cached) launch_bwd_form<T, true>(c, p, stream);
-  else launch_bwd_form<T, false>(c, p, stream);
+  constexpr int V = 16 / sizeof(T);
+  if (c.W == V) launch_bwd_width<T, V>(c, p, stream);
+  else launch_bwd_width<T, 1>(c, p, stream);
 }
 
 // float, half and bfloat16 only (AT_DISPATCH_FLOATING_TYPES_AND2 would also instantiate double).

@@ -1,5 +1,8 @@
 // Backward kernels of the AdaLN CUDA op (see adaln_cuda.cu for the design): dx per row, the
 // per-block column partials of dshift/dscale/dweight/dbias, and their fixed-order reductions.
+// adaln_bwd_cached_kernel keeps the row in registers; adaln_bwd_uncached_kernel (rows too long for
+// that) re-reads it from global memory. Both share the per-chunk helpers below, so that the two
+// compute every value with the same expressions.
 #pragma once
 
 #include "adaln_cuda_common.cuh"
@@ -8,9 +11,94 @@ namespace stmodels {
 namespace adaln {
 namespace cuda {
 
+// The helpers take the kernel's own __restrict__ pointers and H rather than reading them from the
+// BwdParams: that way the kernels compile to the registers (and spills) they had with these
+// bodies inline (measured with ptxas -v at sm_90; reading p.H here cost up to 10 registers).
+
+// (1 + scale) * weight of one chunk at column col of sample b (the per-sample form's ws1).
+template <typename T, int W>
+__device__ __forceinline__ void ws1_of(int H, const T* __restrict__ SC,
+                                       const float* __restrict__ wt, int64_t b, int col,
+                                       float (&ws1)[W]) {
+  float scf[W], wf[W];
+  load_float<T, W>(SC + b * H + col, scf);
+  if (wt) load_param<W>(wt + col, wf);
+#pragma unroll
+  for (int k = 0; k < W; ++k) ws1[k] = wt ? (1.0f + scf[k]) * wf[k] : 1.0f + scf[k];
+}
+
+// One chunk of one row: xhat and g, the row sums (sums[0] += g, sums[1] += g * xhat), the column
+// partials acc0/acc1, and (per token) dshift/dscale. ws1 is (1 + scale) * weight (per sample).
+// X, DO, SC, wt, bs: p's x, dout, scale, weight, bias.
+template <typename T, int W>
+__device__ __forceinline__ void bwd_chunk_pass1(
+    const BwdParams& p, int H, const T* __restrict__ X, const T* __restrict__ DO,
+    const T* __restrict__ SC, const float* __restrict__ wt, const float* __restrict__ bs,
+    bool per_token, int64_t row, int col, float mean, float rstd, const float (&ws1)[W],
+    float (&xh)[W], float (&g)[W], float (&acc0)[W], float (&acc1)[W], float (&sums)[2]) {
+  float xf[W];
+  load_float<T, W>(X + row * H + col, xf);
+  const Pack<T, W> dyp = load_pack<T, W>(DO + row * H + col);
+  float dy[W];
+  to_float<T, W>(dyp, dy);
+#pragma unroll
+  for (int k = 0; k < W; ++k) xh[k] = (xf[k] - mean) * rstd;
+  if (!per_token) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      g[k] = dy[k] * ws1[k];
+      acc0[k] += dy[k];
+      acc1[k] += dy[k] * xh[k];
+    }
+  } else {
+    float scf[W], wf[W], bf[W], ds[W];
+    load_float<T, W>(SC + row * H + col, scf);
+    if (wt) load_param<W>(wt + col, wf);
+    if (bs) load_param<W>(bs + col, bf);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float a = dy[k] * (1.0f + scf[k]);
+      float y = xh[k];
+      g[k] = a;
+      if (wt) {
+        g[k] = a * wf[k];
+        y = xh[k] * wf[k];
+        acc0[k] += a * xh[k];
+        if (bs) acc1[k] += a;
+      } else if (bs) {
+        acc0[k] += a;
+      }
+      if (bs) y += bf[k];
+      ds[k] = dy[k] * y;
+    }
+    store_pack<T, W>(static_cast<T*>(p.dshift) + row * H + col, dyp);  // exact copy
+    store_float<T, W>(static_cast<T*>(p.dscale) + row * H + col, ds);
+  }
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+    sums[0] += g[k];
+    sums[1] += g[k] * xh[k];
+  }
+}
+
+// dx of one chunk at column col of row `row` from its xhat and g and the row's means
+// mg = mean(g), mgx = mean(g * xhat): rstd * ((g - mg) - xhat * mgx), in this order (g - mg is
+// exact where they agree).
+template <typename T, int W>
+__device__ __forceinline__ void store_dx(T* __restrict__ DX, int64_t row, int H, int col,
+                                         const float (&g)[W], const float (&xh)[W], float mg,
+                                         float mgx, float rstd) {
+  float v[W];
+#pragma unroll
+  for (int k = 0; k < W; ++k) v[k] = ((g[k] - mg) - xh[k] * mgx) * rstd;
+  store_float<T, W>(DX + row * H + col, v);
+}
+
+// xhat and g kept in registers (kC chunks of W per thread), the column partials too, combined
+// over the block's R row groups in shared memory. The form of shift/scale is kPerToken.
 template <typename T, int W, int kC, bool kPerToken>
-__global__ void __launch_bounds__(kMaxThreads) adaln_bwd_kernel(const BwdParams p) {
-  constexpr int kC1 = kC > 0 ? kC : 1;
+__global__ void __launch_bounds__(kMaxThreads) adaln_bwd_cached_kernel(const BwdParams p) {
+  static_assert(kC > 0, "the cached kernel keeps kC > 0 chunks per thread");
   __shared__ RowReduceSmem red;
   // Combination of the row groups' column partials: (R - 1) * T * W < kBlockThreads * W floats.
   __shared__ float comb[kBlockThreads * W];
@@ -18,9 +106,8 @@ __global__ void __launch_bounds__(kMaxThreads) adaln_bwd_kernel(const BwdParams 
   const int TPR = blockDim.x, R = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int H = p.H, nchunks = p.nchunks;
   const int64_t tile = blockIdx.x;
-  const int64_t b = tile / p.tl.tiles_per_sample;
-  const int64_t s0 = (tile % p.tl.tiles_per_sample) * p.tl.rows_per_tile;
-  const int64_t s1 = std::min<int64_t>(p.tl.S, s0 + p.tl.rows_per_tile);
+  const TileRows tr = tile_rows(p.tl, tile);
+  const int64_t b = tr.b, s0 = tr.s0, s1 = tr.s1;
   const int64_t iters = (s1 - s0 + R - 1) / R;
   const T* __restrict__ X = static_cast<const T*>(p.x);
   const T* __restrict__ DO = static_cast<const T*>(p.dout);
@@ -28,199 +115,151 @@ __global__ void __launch_bounds__(kMaxThreads) adaln_bwd_kernel(const BwdParams 
   T* __restrict__ DX = static_cast<T*>(p.dx);
   const float* __restrict__ wt = p.weight;
   const float* __restrict__ bs = p.bias;
-  const bool per_token = kC > 0 ? kPerToken : p.per_token;  // a constant in the cached variants
   float* part = p.partial ? p.partial + tile * p.A * int64_t{H} : nullptr;
 
-  // One chunk of one row: xhat and g, the row sums (sg, sgx), the column partials acc0/acc1, and
-  // (per token) dshift/dscale. ws1 is (1 + scale) * weight (per sample).
-  auto chunk_pass1 = [&](int64_t row, int col, float mean, float rstd, const float (&ws1)[W],
-                         float (&xh)[W], float (&g)[W], float (&acc0)[W], float (&acc1)[W],
-                         float (&sums)[2]) {
-    float xf[W];
-    load_float<T, W>(X + row * H + col, xf);
-    const Pack<T, W> dyp = load_pack<T, W>(DO + row * H + col);
-    float dy[W];
-    to_float<T, W>(dyp, dy);
+  float ws1[kC][W], acc0[kC][W], acc1[kC][W];
 #pragma unroll
-    for (int k = 0; k < W; ++k) xh[k] = (xf[k] - mean) * rstd;
-    if (!per_token) {
+  for (int j = 0; j < kC; ++j) {
 #pragma unroll
-      for (int k = 0; k < W; ++k) {
-        g[k] = dy[k] * ws1[k];
-        acc0[k] += dy[k];
-        acc1[k] += dy[k] * xh[k];
-      }
-    } else {
-      float scf[W], wf[W], bf[W], ds[W];
-      load_float<T, W>(SC + row * H + col, scf);
-      if (wt) load_param<W>(wt + col, wf);
-      if (bs) load_param<W>(bs + col, bf);
-#pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const float a = dy[k] * (1.0f + scf[k]);
-        float y = xh[k];
-        g[k] = a;
-        if (wt) {
-          g[k] = a * wf[k];
-          y = xh[k] * wf[k];
-          acc0[k] += a * xh[k];
-          if (bs) acc1[k] += a;
-        } else if (bs) {
-          acc0[k] += a;
-        }
-        if (bs) y += bf[k];
-        ds[k] = dy[k] * y;
-      }
-      store_pack<T, W>(static_cast<T*>(p.dshift) + row * H + col, dyp);  // exact copy
-      store_float<T, W>(static_cast<T*>(p.dscale) + row * H + col, ds);
-    }
-#pragma unroll
-    for (int k = 0; k < W; ++k) {
-      sums[0] += g[k];
-      sums[1] += g[k] * xh[k];
-    }
-  };
-  auto ws1_of = [&](int col, float (&ws1)[W]) {
-    float scf[W], wf[W];
-    load_float<T, W>(SC + b * H + col, scf);
-    if (wt) load_param<W>(wt + col, wf);
-#pragma unroll
-    for (int k = 0; k < W; ++k) ws1[k] = wt ? (1.0f + scf[k]) * wf[k] : 1.0f + scf[k];
-  };
-
-  if constexpr (kC > 0) {
-    float ws1[kC1][W], acc0[kC1][W], acc1[kC1][W];
+    for (int k = 0; k < W; ++k) acc0[j][k] = acc1[j][k] = 0.f;
+    const int ch = tx + j * TPR;
+    if (!kPerToken && ch < nchunks) ws1_of<T, W>(H, SC, wt, b, ch * W, ws1[j]);
+  }
+  for (int64_t it = 0; it < iters; ++it) {
+    const int64_t s = s0 + ty + it * R;
+    const bool valid = s < s1;  // no early exit: the combination below has barriers
+    const int64_t row = b * p.tl.S + s;
+    const float mean = valid ? p.mean[row] : 0.f, rstd = valid ? p.rstd[row] : 0.f;
+    float xh[kC][W], g[kC][W];
+    float sums[2] = {0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < kC; ++j) {
-#pragma unroll
-      for (int k = 0; k < W; ++k) acc0[j][k] = acc1[j][k] = 0.f;
       const int ch = tx + j * TPR;
-      if (!per_token && ch < nchunks) ws1_of(ch * W, ws1[j]);
-    }
-    for (int64_t it = 0; it < iters; ++it) {
-      const int64_t s = s0 + ty + it * R;
-      const bool valid = s < s1;  // no early exit: the combination below has barriers
-      const int64_t row = b * p.tl.S + s;
-      const float mean = valid ? p.mean[row] : 0.f, rstd = valid ? p.rstd[row] : 0.f;
-      float xh[kC1][W], g[kC1][W];
-      float sums[2] = {0.f, 0.f};
+      if (valid && ch < nchunks) {
+        bwd_chunk_pass1<T, W>(p, H, X, DO, SC, wt, bs, kPerToken, row, ch * W, mean, rstd,
+                              ws1[j], xh[j], g[j], acc0[j], acc1[j], sums);
+      } else {
 #pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        const int ch = tx + j * TPR;
-        if (valid && ch < nchunks) {
-          chunk_pass1(row, ch * W, mean, rstd, ws1[j], xh[j], g[j], acc0[j], acc1[j], sums);
-        } else {
-#pragma unroll
-          for (int k = 0; k < W; ++k) xh[j][k] = g[j][k] = 0.f;
-        }
-      }
-      group_sum<2>(sums, red, phase);
-      if (!valid) continue;
-      const float mg = sums[0] * p.inv_h, mgx = sums[1] * p.inv_h;
-#pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        const int ch = tx + j * TPR;
-        if (ch < nchunks) {
-          float v[W];
-#pragma unroll
-          for (int k = 0; k < W; ++k) v[k] = ((g[j][k] - mg) - xh[j][k] * mgx) * rstd;
-          store_float<T, W>(DX + row * H + ch * W, v);
-        }
+        for (int k = 0; k < W; ++k) xh[j][k] = g[j][k] = 0.f;
       }
     }
-    if (part == nullptr) return;  // uniform over the block
-    // Row groups 1..R-1 hand their partials to group 0, one (array, chunk) at a time, added in
-    // group order. Layout [k][(r - 1) * T + tx]: conflict-free.
-    const int nslots = (R - 1) * TPR;
+    group_sum<2>(sums, red, phase);
+    if (!valid) continue;
+    const float mg = sums[0] * p.inv_h, mgx = sums[1] * p.inv_h;
 #pragma unroll
-    for (int a = 0; a < 2; ++a) {
-      if (a >= p.A) break;
+    for (int j = 0; j < kC; ++j) {
+      const int ch = tx + j * TPR;
+      if (ch < nchunks) store_dx<T, W>(DX, row, H, ch * W, g[j], xh[j], mg, mgx, rstd);
+    }
+  }
+  if (part == nullptr) return;  // uniform over the block
+  // Row groups 1..R-1 hand their partials to group 0, one (array, chunk) at a time, added in
+  // group order. Layout [k][(r - 1) * T + tx]: conflict-free.
+  const int nslots = (R - 1) * TPR;
 #pragma unroll
-      for (int j = 0; j < kC; ++j) {
-        float(&acc)[W] = a == 0 ? acc0[j] : acc1[j];
-        if (R > 1) {
-          if (ty > 0) {
+  for (int a = 0; a < 2; ++a) {
+    if (a >= p.A) break;
 #pragma unroll
-            for (int k = 0; k < W; ++k) comb[k * nslots + (ty - 1) * TPR + tx] = acc[k];
-          }
-          __syncthreads();
-          if (ty == 0) {
-            for (int r = 1; r < R; ++r) {
+    for (int j = 0; j < kC; ++j) {
+      float(&acc)[W] = a == 0 ? acc0[j] : acc1[j];
+      if (R > 1) {
+        if (ty > 0) {
 #pragma unroll
-              for (int k = 0; k < W; ++k) acc[k] += comb[k * nslots + (r - 1) * TPR + tx];
-            }
-          }
-          __syncthreads();
+          for (int k = 0; k < W; ++k) comb[k * nslots + (ty - 1) * TPR + tx] = acc[k];
         }
-        const int ch = tx + j * TPR;
-        if (ty == 0 && ch < nchunks) {
-          float* dst = part + int64_t{a} * H + ch * W;
+        __syncthreads();
+        if (ty == 0) {
+          for (int r = 1; r < R; ++r) {
 #pragma unroll
-          for (int k = 0; k < W; ++k) dst[k] = acc[k];
+            for (int k = 0; k < W; ++k) acc[k] += comb[k * nslots + (r - 1) * TPR + tx];
+          }
         }
+        __syncthreads();
+      }
+      const int ch = tx + j * TPR;
+      if (ty == 0 && ch < nchunks) {
+        float* dst = part + int64_t{a} * H + ch * W;
+#pragma unroll
+        for (int k = 0; k < W; ++k) dst[k] = acc[k];
       }
     }
-  } else {
-    // Uncached: one row group per block (R == 1); the column partials accumulate in the block's
-    // own workspace slot, each column read-modify-written by the one thread that owns it.
-    const int A = p.A;
-    if (part) {
-      for (int ch = tx; ch < nchunks; ch += TPR) {
-        for (int a = 0; a < A; ++a) {
+  }
+}
+
+// Rows longer than the cached kernel holds: one row group per block (R == 1), every pass re-reads
+// the row from global memory; the column partials accumulate in the block's own workspace slot,
+// each column read-modify-written by the one thread that owns it. The form is read from p.
+template <typename T, int W>
+__global__ void __launch_bounds__(kMaxThreads) adaln_bwd_uncached_kernel(const BwdParams p) {
+  __shared__ RowReduceSmem red;
+  int phase = 0;
+  const int TPR = blockDim.x, tx = threadIdx.x;
+  const int H = p.H, nchunks = p.nchunks;
+  const int64_t tile = blockIdx.x;
+  const TileRows tr = tile_rows(p.tl, tile);
+  const T* __restrict__ X = static_cast<const T*>(p.x);
+  const T* __restrict__ DO = static_cast<const T*>(p.dout);
+  const T* __restrict__ SC = static_cast<const T*>(p.scale);
+  T* __restrict__ DX = static_cast<T*>(p.dx);
+  const float* __restrict__ wt = p.weight;
+  const float* __restrict__ bs = p.bias;
+  const bool per_token = p.per_token;
+  float* part = p.partial ? p.partial + tile * p.A * int64_t{H} : nullptr;
+  const int A = p.A;
+  if (part) {
+    for (int ch = tx; ch < nchunks; ch += TPR) {
+      for (int a = 0; a < A; ++a) {
 #pragma unroll
-          for (int k = 0; k < W; ++k) part[int64_t{a} * H + ch * W + k] = 0.f;
-        }
+        for (int k = 0; k < W; ++k) part[int64_t{a} * H + ch * W + k] = 0.f;
       }
     }
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t row = b * p.tl.S + s;
-      const float mean = p.mean[row], rstd = p.rstd[row];
-      float sums[2] = {0.f, 0.f};
-      for (int ch = tx; ch < nchunks; ch += TPR) {
-        const int col = ch * W;
-        float ws1[W], xh[W], g[W], acc0[W], acc1[W];
-        if (!per_token) ws1_of(col, ws1);
+  }
+  for (int64_t s = tr.s0; s < tr.s1; ++s) {
+    const int64_t row = tr.b * p.tl.S + s;
+    const float mean = p.mean[row], rstd = p.rstd[row];
+    float sums[2] = {0.f, 0.f};
+    for (int ch = tx; ch < nchunks; ch += TPR) {
+      const int col = ch * W;
+      float ws1[W], xh[W], g[W], acc0[W], acc1[W];
+      if (!per_token) ws1_of<T, W>(H, SC, wt, tr.b, col, ws1);
 #pragma unroll
-        for (int k = 0; k < W; ++k) acc0[k] = acc1[k] = 0.f;
-        chunk_pass1(row, col, mean, rstd, ws1, xh, g, acc0, acc1, sums);
-        if (part) {
-#pragma unroll
-          for (int k = 0; k < W; ++k) {
-            part[col + k] += acc0[k];
-            if (A > 1) part[H + col + k] += acc1[k];
-          }
-        }
-      }
-      group_sum<2>(sums, red, phase);
-      const float mg = sums[0] * p.inv_h, mgx = sums[1] * p.inv_h;
-      for (int ch = tx; ch < nchunks; ch += TPR) {
-        // The same expressions as chunk_pass1, so the same xhat and g.
-        const int col = ch * W;
-        float xf[W], dy[W], g[W], v[W];
-        load_float<T, W>(X + row * H + col, xf);
-        load_float<T, W>(DO + row * H + col, dy);
-        if (!per_token) {
-          float ws1[W];
-          ws1_of(col, ws1);
-#pragma unroll
-          for (int k = 0; k < W; ++k) g[k] = dy[k] * ws1[k];
-        } else {
-          float scf[W], wf[W];
-          load_float<T, W>(SC + row * H + col, scf);
-          if (wt) load_param<W>(wt + col, wf);
-#pragma unroll
-          for (int k = 0; k < W; ++k) {
-            const float a = dy[k] * (1.0f + scf[k]);
-            g[k] = wt ? a * wf[k] : a;
-          }
-        }
+      for (int k = 0; k < W; ++k) acc0[k] = acc1[k] = 0.f;
+      bwd_chunk_pass1<T, W>(p, H, X, DO, SC, wt, bs, per_token, row, col, mean, rstd, ws1, xh, g,
+                            acc0, acc1, sums);
+      if (part) {
 #pragma unroll
         for (int k = 0; k < W; ++k) {
-          const float xh = (xf[k] - mean) * rstd;
-          v[k] = ((g[k] - mg) - xh * mgx) * rstd;
+          part[col + k] += acc0[k];
+          if (A > 1) part[H + col + k] += acc1[k];
         }
-        store_float<T, W>(DX + row * H + col, v);
       }
+    }
+    group_sum<2>(sums, red, phase);
+    const float mg = sums[0] * p.inv_h, mgx = sums[1] * p.inv_h;
+    for (int ch = tx; ch < nchunks; ch += TPR) {
+      // The same expressions as bwd_chunk_pass1, so the same xhat and g.
+      const int col = ch * W;
+      float xf[W], dy[W], g[W], xh[W];
+      load_float<T, W>(X + row * H + col, xf);
+      load_float<T, W>(DO + row * H + col, dy);
+      if (!per_token) {
+        float ws1[W];
+        ws1_of<T, W>(H, SC, wt, tr.b, col, ws1);
+#pragma unroll
+        for (int k = 0; k < W; ++k) g[k] = dy[k] * ws1[k];
+      } else {
+        float scf[W], wf[W];
+        load_float<T, W>(SC + row * H + col, scf);
+        if (wt) load_param<W>(wt + col, wf);
+#pragma unroll
+        for (int k = 0; k < W; ++k) {
+          const float a = dy[k] * (1.0f + scf[k]);
+          g[k] = wt ? a * wf[k] : a;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < W; ++k) xh[k] = (xf[k] - mean) * rstd;
+      store_dx<T, W>(DX, row, H, col, g, xh, mg, mgx, rstd);
     }
   }
 }

@@ -162,6 +162,19 @@ struct Tiling {
   int64_t rows_per_tile, tiles_per_sample;
 };
 
+// The rows of one block, from tile_rows.
+struct TileRows {
+  int64_t b, s0, s1;
+};
+
+__device__ __forceinline__ TileRows tile_rows(const Tiling& tl, int64_t tile) {
+  TileRows r;
+  r.b = tile / tl.tiles_per_sample;
+  r.s0 = (tile % tl.tiles_per_sample) * tl.rows_per_tile;
+  r.s1 = std::min<int64_t>(tl.S, r.s0 + tl.rows_per_tile);
+  return r;
+}
+
 struct FwdParams {
   Tiling tl;
   int H, nchunks;

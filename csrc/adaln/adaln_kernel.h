@@ -2,11 +2,12 @@
 // adaptive shift/scale modulation of DiT (Peebles & Xie 2023, "Scalable Diffusion Models with
 // Transformers"):  out = LayerNorm(x; weight, bias) * (1 + scale) + shift.
 //
-// This header is the one templated kernel. It is included by three translation units, each
-// compiled with its own -m flags and each defining ADALN_ISA, the namespace that keeps its symbols
-// apart (base: no -march; avx2: -mavx2 -mfma; avx512: -mavx512{f,bw,vl,dq} -mfma). The vector
-// width follows the flags. Everything here lives in that namespace (entry points) or in an
-// anonymous namespace inside it, and calls nothing but compiler builtins, GCC vector extensions
+// This header is the one templated kernel. It is included by three translation units,
+// adaln_kernel_{generic,avx2,avx512}.cpp, each compiled with its own -m flags (generic: none;
+// avx2: -mavx2 -mfma -mf16c; avx512: -mavx512{f,bw,vl,dq} -mfma -mf16c) and each defining
+// STMODELS_ISA, the namespace that keeps its symbols apart, and STMODELS_ISA_NAME, its name in the
+// AdalnKernels table. The vector width follows the flags. Everything here lives in an anonymous
+// namespace inside that namespace, and calls nothing but compiler builtins, GCC vector extensions
 // and (FMA, float16 conversion) intrinsics, which are always inlined: an out-of-line copy of a
 // shared inline function (std::min, c10::Half conversion, ...) compiled with AVX-512 could
 // otherwise be picked by the linker for every caller (an ODR trap).
@@ -23,8 +24,8 @@
 // is fixed by H), and every reduction runs in a fixed order, so results do not depend on how
 // at::parallel_for splits the blocks among threads.
 
-#ifndef ADALN_ISA
-#error "define ADALN_ISA (the namespace of this instantiation) before including adaln_kernel.h"
+#if !defined(STMODELS_ISA) || !defined(STMODELS_ISA_NAME)
+#error "define STMODELS_ISA and STMODELS_ISA_NAME (this build's namespace and name) first"
 #endif
 
 #include <stdint.h>
@@ -52,7 +53,7 @@
 
 namespace stmodels {
 namespace adaln {
-namespace ADALN_ISA {
+namespace STMODELS_ISA {
 namespace {  // internal linkage on top of the ISA namespace
 
 #define ADALN_INLINE inline __attribute__((always_inline))
@@ -387,9 +388,7 @@ void bwd_reduce_cols(const BwdArgs& a, int64_t h0, int64_t h1) {
   }
 }
 
-}  // namespace
-
-// ---- entry points (declared in adaln_params.h) ----------------------------------------------
+// ---- entry points (the AdalnKernels table of adaln_params.h) --------------------------------
 void fwd_blocks(const FwdArgs& a, int64_t begin, int64_t end, float* scratch) {
   for (int64_t k = begin; k < end; ++k) {
     switch (a.dtype) {
@@ -421,9 +420,16 @@ void bwd_reduce(const BwdArgs& a, int64_t task_begin, int64_t task_end) {
   }
 }
 
+const AdalnKernels* kernels() {
+  static const AdalnKernels k{STMODELS_ISA_NAME, &fwd_blocks, &bwd_blocks, &bwd_reduce};
+  return &k;
+}
+
+}  // namespace
+
 #undef ADALN_INLINE
 
-}  // namespace ADALN_ISA
+}  // namespace STMODELS_ISA
 }  // namespace adaln
 }  // namespace stmodels
 

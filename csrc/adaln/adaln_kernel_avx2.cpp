@@ -1,13 +1,21 @@
-// AdaLN (LayerNorm fused with DiT's modulation, Peebles & Xie 2023) CPU kernel, AVX2 flavour.
-// The build compiles *_avx2.cpp with -mavx2 -mfma (8-lane vectors, FMA); F16C (hardware float16
-// conversion, present on every AVX2 CPU) is enabled here by pragma. adaln_cpu.cpp calls this
-// flavour only when __builtin_cpu_supports reports avx2, fma and f16c.
-#if !defined(__AVX2__) || !defined(__FMA__)
-#warning "adaln_kernel_avx2.cpp built without -mavx2 -mfma: this flavour runs baseline code"
-#endif
-#if !defined(__clang__)  // GCC: enable F16C for the rest of this file (untested with clang)
-#pragma GCC target("f16c")
-#define ADALN_F16C 1
-#endif
-#define ADALN_ISA avx2
+// AVX2 build of the AdaLN (LayerNorm fused with DiT's modulation, Peebles & Xie 2023) CPU kernel
+// (adaln_kernel.h): setup.py compiles *_avx2.cpp with -mavx2 -mfma -mf16c (8-lane vectors, FMA,
+// hardware float16 conversion), and the dispatch (csrc/cpu_isa.h) calls kernels_avx2() only on a
+// CPU that reports all three. Compiled without them (another compiler or architecture) this file
+// is a stub whose nullptr tells the dispatch that the build is absent.
+#include "adaln_params.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define STMODELS_ISA avx2
+#define STMODELS_ISA_NAME "avx2"
 #include "adaln_kernel.h"
+#define STMODELS_KERNELS avx2::kernels()
+#else
+#define STMODELS_KERNELS nullptr
+#endif
+
+namespace stmodels {
+namespace adaln {
+const AdalnKernels* kernels_avx2() { return STMODELS_KERNELS; }
+}  // namespace adaln
+}  // namespace stmodels

@@ -1,6 +1,7 @@
 // Plain argument blocks shared by the AdaLN CPU op (adaln_cpu.cpp) and its per-ISA kernels
-// (adaln_kernel.h, instantiated by adaln_kernel_{base,avx2,avx512}.cpp). AdaLN: LayerNorm
-// (Ba, Kiros & Hinton 2016) modulated by DiT's adaptive shift and scale (Peebles & Xie 2023).
+// (adaln_kernel.h, instantiated by adaln_kernel_{generic,avx2,avx512}.cpp; csrc/cpu_isa.h picks
+// one per call). AdaLN: LayerNorm (Ba, Kiros & Hinton 2016) modulated by DiT's adaptive shift and
+// scale (Peebles & Xie 2023).
 //
 // This header is deliberately free of torch/std headers: the kernel translation units are compiled
 // with different -m flags, and any inline function they share with other translation units could
@@ -76,16 +77,22 @@ inline constexpr int64_t bwd_partial_floats(int64_t H, bool per_token, bool w, b
 // vector/scalar split inside a task depends only on H).
 inline constexpr int64_t kReduceCols = 64;
 
-#define STMODELS_ADALN_DECLARE_ISA(NS)                                                   \
-  namespace NS {                                                                         \
-  void fwd_blocks(const FwdArgs& a, int64_t begin, int64_t end, float* scratch);         \
-  void bwd_blocks(const BwdArgs& a, int64_t begin, int64_t end, float* scratch);         \
-  void bwd_reduce(const BwdArgs& a, int64_t col_task_begin, int64_t col_task_end);       \
-  }
+// One ISA's kernels (adaln_kernel.h). fwd_blocks / bwd_blocks run blocks [begin, end) of the
+// Blocking, with a scratch of fwd_scratch_floats / bwd_scratch_floats per call; bwd_reduce runs
+// the column tasks [begin, end) (kReduceCols columns each) of the final reduction.
+struct AdalnKernels {
+  const char* name;  // the build: "generic", "avx2" or "avx512"
+  void (*fwd_blocks)(const FwdArgs& a, int64_t begin, int64_t end, float* scratch);
+  void (*bwd_blocks)(const BwdArgs& a, int64_t begin, int64_t end, float* scratch);
+  void (*bwd_reduce)(const BwdArgs& a, int64_t col_task_begin, int64_t col_task_end);
+};
 
-STMODELS_ADALN_DECLARE_ISA(base)
-STMODELS_ADALN_DECLARE_ISA(avx2)
-STMODELS_ADALN_DECLARE_ISA(avx512)
+// One getter per build, each defined in adaln_kernel_<build>.cpp; null when that file was
+// compiled without its -m flags (the generic one never is). Call one only on a CPU that runs its
+// build (cpu_isa::pick does).
+const AdalnKernels* kernels_generic();
+const AdalnKernels* kernels_avx2();
+const AdalnKernels* kernels_avx512();
 
 }  // namespace adaln
 }  // namespace stmodels

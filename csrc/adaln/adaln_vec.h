@@ -101,8 +101,8 @@ struct BF16 {
   }
 };
 
-// Hardware float16 conversion where the flavour has it: AVX-512F has the 16-lane vcvtph2ps /
-// vcvtps2ph; the AVX2 flavour adds F16C (adaln_kernel_avx2.cpp). They round to nearest even like
+// Hardware float16 conversion where the build has it: AVX-512F has the 16-lane vcvtph2ps /
+// vcvtps2ph; the AVX2 build adds F16C (-mf16c, adaln_kernel_avx2.cpp). They round to nearest even like
 // the bit manipulation below, at a fraction of the instructions (fp16 was ~3x slower than fp32
 // without them).
 #if defined(__AVX512F__)
@@ -114,7 +114,7 @@ ADALN_INLINE void f16_store_native(uint16_t* p, vf v) {
                       _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 constexpr bool kNativeF16 = true;
-#elif defined(ADALN_F16C) && defined(__AVX2__)
+#elif defined(__F16C__) && defined(__AVX2__)
 ADALN_INLINE vf f16_load_native(const uint16_t* p) {
   return (vf)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }

@@ -1,26 +1,23 @@
 // CPU implementation of stmodels::selective_scan_fwd / selective_scan_bwd (schemas and the
 // canonical argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2, and the spec in
 // docs/ops.rst). This file validates the arguments, converts A/B/C to padded float32 layouts the
-// kernels can stream, picks the kernel build for this CPU (AVX-512, AVX2 or portable), runs it
-// with at::parallel_for and reduces the per-task partial gradients in a fixed order, so results
-// are identical for any number of threads.
-//
-// Set STMODELS_SCAN_ISA=generic|avx2|avx512 to force a kernel build (testing); an unavailable
-// choice falls back to the automatic one.
+// kernels can stream, picks the kernel build for this CPU (selective_scan_kernel_{generic,avx2,
+// avx512}.cpp, through csrc/cpu_isa.h; STMODELS_CPU_ISA forces one), runs it with
+// at::parallel_for and reduces the per-task partial gradients in a fixed order, so results are
+// identical for any number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <algorithm>
 #include <mutex>
-#include <string>
 #include <tuple>
 #include <vector>
 
-#include "scan_common.h"
+#include "cpu_isa.h"
 #include "selective_scan_checks.h"
+#include "selective_scan_params.h"
 
 // at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it silently runs
 // on one thread.
@@ -28,59 +25,18 @@
 #warning "selective_scan_cpu.cpp built without -fopenmp: the CPU scan will run on one thread"
 #endif
 
-// The portable kernel build, compiled with this file's baseline flags.
-#define STM_SCAN_VEC 0
-#define STM_SCAN_NS isa_generic
-#define STM_SCAN_NAME "generic"
-#include "scan_kernel.h"
-
 namespace stmodels {
 namespace scan {
-
-const ScanKernels* kernels_generic() { return isa_generic::kernels(); }
-
-// Weak, so that a build that leaves out an ISA file (non-x86) still links; the address is then
-// null and the portable kernels are used.
-#if defined(__GNUC__) && defined(__ELF__)
-const ScanKernels* kernels_avx512() __attribute__((weak));
-const ScanKernels* kernels_avx2() __attribute__((weak));
-#define STM_HAVE(fn) (&fn != nullptr)
-#else
-#define STM_HAVE(fn) true
-#endif
-
 namespace {
 
 using at::Tensor;
 
-// The kernel builds this CPU can run, best first (detected once).
-struct Available { const ScanKernels *avx512 = nullptr, *avx2 = nullptr; };
-const Available& available_kernels() {
-  static const Available a = [] {
-    Available r;
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_cpu_init();
-    if (STM_HAVE(kernels_avx512) && __builtin_cpu_supports("avx512f") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-      r.avx512 = kernels_avx512();
-    if (STM_HAVE(kernels_avx2) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r.avx2 = kernels_avx2();
-#endif
-    return r;
-  }();
-  return a;
-}
-
+// The kernel build of a call (csrc/cpu_isa.h), the same for every dtype: the widest, avx512
+// (16 lanes over the state dimension), is preferred.
 const ScanKernels* pick_kernels() {
-  const Available& a = available_kernels();
-  const char* env = std::getenv("STMODELS_SCAN_ISA");  // read per call: tests switch it
-  const std::string want = env ? env : "";
-  if (want == "generic") return kernels_generic();
-  if (want == "avx2" && a.avx2) return a.avx2;
-  if (a.avx512) return a.avx512;
-  if (a.avx2) return a.avx2;
-  return kernels_generic();
+  static constexpr cpu_isa::Getter<ScanKernels> kBuilds[cpu_isa::kNumIsa] = {
+      &kernels_generic, &kernels_avx2, &kernels_avx512};
+  return cpu_isa::pick(kBuilds, cpu_isa::kAvx512);
 }
 
 int dtype_code(at::ScalarType t) {
@@ -95,12 +51,12 @@ using scan_checks::Inputs;
 int64_t ndir_of(const Tensor& t, int64_t base_rank) { return t.dim() > base_rank ? 2 : 1; }
 
 // A zero-filled float32 tensor of `shape` whose data starts at cache line `line` modulo 4 KiB
-// (see kLineB in scan_kernel.h: streams read in lockstep must not share L1 sets).
+// (see kLineB in selective_scan_params.h: streams read in lockstep must not share L1 sets).
 Tensor zeros_at_line(at::IntArrayRef shape, int line, const at::TensorOptions& opt) {
   const int64_t n = c10::multiply_integers(shape);
   Tensor buf = at::zeros({n + 1024}, opt.dtype(at::kFloat));
   float* base = buf.data_ptr<float>();
-  const int64_t off = isa_generic::at_line(base, line) - base;
+  const int64_t off = at_line(base, line) - base;
   return buf.narrow(0, off, n).view(shape);
 }
 
@@ -155,8 +111,8 @@ Prepared prepare(const Inputs& in, bool softplus, bool reverse, int width) {
     p.bias = in.bias.data_ptr<float>(); p.bias_ds = in.bias.dim() == 2 ? g.dim : 0;
   }
   p.init = in.init.defined() ? in.init.data_ptr<float>() : nullptr;
-  p.Bv = prep_bc(in.B, g.varB, g, p.Np, isa_generic::kLineB, pr.B);
-  p.Cv = prep_bc(in.C, g.varC, g, p.Np, isa_generic::kLineC, pr.C);
+  p.Bv = prep_bc(in.B, g.varB, g, p.Np, kLineB, pr.B);
+  p.Cv = prep_bc(in.C, g.varC, g, p.Np, kLineC, pr.C);
   return pr;
 }
 
@@ -334,8 +290,8 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const c10::optional<Tensor>& dlast_state
   Tensor pD = in.D.defined() ? at::empty({g.batch, nd, g.dim}, f32) : none;
   Tensor pBias = in.bias.defined() ? at::empty({g.batch, nd, g.dim}, f32) : none;
   float* slab0 = slabs.data_ptr<float>();
-  p.pB = g.varB ? isa_generic::at_line(slab0, isa_generic::kLineSlabB) : nullptr;
-  p.pC = g.varC ? isa_generic::at_line(slab0 + nB, isa_generic::kLineSlabC) : nullptr;
+  p.pB = g.varB ? at_line(slab0, kLineSlabB) : nullptr;
+  p.pC = g.varC ? at_line(slab0 + nB, kLineSlabC) : nullptr;
   p.pA = pA.data_ptr<float>();
   p.pBc = g.varB ? nullptr : pBc.data_ptr<float>();
   p.pCc = g.varC ? nullptr : pCc.data_ptr<float>();
@@ -359,6 +315,8 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const c10::optional<Tensor>& dlast_state
 }
 
 }  // namespace
+
+const char* cpu_kernel_build(c10::ScalarType) { return pick_kernels()->name; }
 
 TORCH_LIBRARY_IMPL(stmodels, CPU, m) {
   m.impl("selective_scan_fwd", &scan_fwd_cpu);

@@ -1,6 +1,7 @@
 // CUDA implementation of stmodels::selective_scan_fwd / selective_scan_bwd (schemas and canonical
 // argument forms: csrc/ops.cpp; math: Mamba, Gu & Dao 2023, Alg. 2; spec: docs/ops.rst). Kernels:
-// scan_cuda_common.cuh (staging, block scan), scan_cuda_fwd.cuh, scan_cuda_bwd.cuh.
+// selective_scan_cuda_common.cuh (staging, block scan), selective_scan_cuda_fwd.cuh,
+// selective_scan_cuda_bwd.cuh.
 //
 // Design
 // * Forward: one block (32..128 threads) per channel (b, d). Time is cut into chunks of
@@ -21,10 +22,10 @@
 //       (workspace batch*dim*nchunks*N floats: O(batch dim N L / T));
 //   (2) chunks last to first; per chunk, each channel of the block in turn: recompute the chunk's
 //       states from its checkpoint (forward block scan), then the adjoint as a reverse block scan
-//       of q_s = a_s q_{s+1} + a_s C_s dy_s (see scan_cuda_bwd.cuh), carried between chunks in a
-//       double-buffered global workspace. The bwd chunk is small (T = 256 / 128 / 64 for
-//       N <= 16 / 32 / 64: the N-bucket template) so that the variable dB/dC sums of a chunk over
-//       the block's channels fit in shared memory ([N][T] each, owned per thread: no atomics);
+//       of q_s = a_s q_{s+1} + a_s C_s dy_s (see selective_scan_cuda_bwd.cuh), carried between
+//       chunks in a double-buffered global workspace. The bwd chunk is small (T = 256 / 128 / 64
+//       for N <= 16 / 32 / 64: the N-bucket template) so that the variable dB/dC sums of a chunk
+//       over the block's channels fit in shared memory ([N][T] each, owned per thread: no atomics);
 //       they are written to the block's float32 slab once per chunk, and reduce_slab_kernel sums
 //       the slabs over channel chunks in a fixed order.
 //   dA, constant dB/dC, dD, ddelta_bias: per (b, direction, d, warp) partials (warp shuffle
@@ -58,9 +59,9 @@
 #include <vector>
 #include <tuple>
 
-#include "scan_cuda_bwd.cuh"
-#include "scan_cuda_common.cuh"
-#include "scan_cuda_fwd.cuh"
+#include "selective_scan_cuda_bwd.cuh"
+#include "selective_scan_cuda_common.cuh"
+#include "selective_scan_cuda_fwd.cuh"
 #include "selective_scan_checks.h"
 
 namespace stmodels {

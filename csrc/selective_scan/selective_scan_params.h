@@ -1,6 +1,7 @@
 // Plain-data interface between the selective-scan op (selective_scan_cpu.cpp, which validates,
 // prepares padded float32 copies of A/B/C and reduces the partial gradient buffers) and the
-// vectorised kernels (scan_kernel.h, compiled once per ISA in its own namespace).
+// vectorised kernels (selective_scan_kernel.h, compiled once per ISA in its own namespace by
+// selective_scan_kernel_{generic,avx2,avx512}.cpp; csrc/cpu_isa.h picks one per call).
 //
 // This header deliberately includes no torch headers: the ISA translation units are compiled
 // with -mavx2 / -mavx512*, and any inline function they share with the baseline TU (a torch
@@ -68,7 +69,7 @@ struct ScanParams {
 // One ISA's kernels. `fwd` runs sequences [begin, end) of batch*dim; `bwd` runs tasks
 // [begin, end) of batch*G*nc. Each needs a float workspace of the advertised size per call.
 struct ScanKernels {
-  const char* name;
+  const char* name;  // the build: "generic", "avx2" or "avx512"
   int width;  // float lanes per vector; N is padded to a multiple of it
   int64_t (*fwd_ws)(const ScanParams&);
   void (*fwd)(const ScanParams&, int64_t begin, int64_t end, float* ws);
@@ -76,10 +77,29 @@ struct ScanKernels {
   void (*bwd)(const ScanParams&, int64_t begin, int64_t end, float* ws);
 };
 
-// Null when the binary was not compiled for that ISA.
-const ScanKernels* kernels_avx512();
-const ScanKernels* kernels_avx2();
+// One getter per build, each defined in selective_scan_kernel_<build>.cpp; null when that file
+// was compiled without its -m flags (the generic one never is). Call one only on a CPU that runs
+// its build (cpu_isa::pick does).
 const ScanKernels* kernels_generic();
+const ScanKernels* kernels_avx2();
+const ScanKernels* kernels_avx512();
+
+// A step of the scan touches one 64-byte line in each of up to eight streams (B, C, the dB and
+// dC partial slabs, h, exp(dt A), the row buffers) that all advance by the same stride. Started
+// at the same offset modulo 4 KiB they would map to the same L1 set and evict each other (the
+// backward ran ~30% slower that way), so each stream starts at its own line modulo 4 KiB: the op
+// places B, C and the slabs (selective_scan_cpu.cpp), the kernels their own buffers.
+constexpr int kLineB = 0, kLineC = 8, kLineSlabB = 16, kLineSlabC = 24, kLineH = 32, kLineDA = 40,
+              kLineRows = 48, kLineRowsY = 56;
+// Internal linkage: every translation unit, ISA builds included, gets its own copy (no shared
+// inline code, see the top of this file).
+namespace {
+inline float* at_line(float* p, int line) {  // first q >= p with q = line * 64 (mod 4096)
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), want = uintptr_t(line) * 64;
+  const uintptr_t off = (want - (a & 4095)) & 4095;
+  return reinterpret_cast<float*>(a + off);  // p is 4-byte aligned, off a multiple of 4
+}
+}  // namespace
 
 }  // namespace scan
 }  // namespace stmodels

@@ -11,8 +11,8 @@
 //   dz      = dout y silu'(z),  dy = dout silu(z)
 #pragma once
 
-#include "scan_cuda_common.cuh"
-#include "scan_cuda_fwd.cuh"
+#include "selective_scan_cuda_common.cuh"
+#include "selective_scan_cuda_fwd.cuh"
 
 namespace stmodels {
 namespace scan_cuda {

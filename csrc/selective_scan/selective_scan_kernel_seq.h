@@ -1,8 +1,8 @@
 // Per-channel sequence helpers of the selective-scan kernels: dtype conversion of the (batch,
 // dim, L) inputs and outputs, the elementwise parts vectorised over time (softplus, sigmoid),
 // the deferred sums over the state dimension (row buffers reduced W at a time), and where the
-// streamed buffers live in memory. Included by scan_kernel.h inside the per-ISA namespace, after
-// scan_vec.h (Vec, V, VT, W, imin, round_up).
+// streamed buffers live in memory. Included by selective_scan_kernel.h inside the per-ISA
+// namespace, after selective_scan_vec.h (Vec, V, VT, W, imin, round_up).
 
 // ---------------------------------------------------------------- sequences
 
@@ -158,17 +158,7 @@ inline void prefetch_channel(const ScanParams& p, int64_t bd, bool bwd) {
   }
 }
 
-// A step of the scan touches one 64-byte line in each of up to eight streams (B, C, the dB and
-// dC partial slabs, h, exp(dt A), the row buffers) that all advance by the same stride. Started
-// at the same offset modulo 4 KiB they would map to the same L1 set and evict each other (the
-// backward ran ~30% slower that way), so each stream starts at its own line modulo 4 KiB.
-constexpr int kLineB = 0, kLineC = 8, kLineSlabB = 16, kLineSlabC = 24, kLineH = 32, kLineDA = 40,
-              kLineRows = 48, kLineRowsY = 56;
-inline float* at_line(float* p, int line) {  // first q >= p with q = line * 64 (mod 4096)
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p), want = uintptr_t(line) * 64;
-  const uintptr_t off = (want - (a & 4095)) & 4095;
-  return reinterpret_cast<float*>(a + off);  // p is 4-byte aligned, off a multiple of 4
-}
+// Buffers at their own line modulo 4 KiB (kLine* and at_line: selective_scan_params.h).
 inline float* carve_at(float*& ws, int64_t n, int line) {  // needs n + 1024 floats of room
   float* q = at_line(ws, line);
   ws = q + n;

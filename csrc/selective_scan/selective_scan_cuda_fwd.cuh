@@ -3,7 +3,7 @@
 // checkpoint pass (!kOut: only the state entering each chunk).
 #pragma once
 
-#include "scan_cuda_common.cuh"
+#include "selective_scan_cuda_common.cuh"
 
 namespace stmodels {
 namespace scan_cuda {

@@ -3,8 +3,10 @@
 // State Spaces", Alg. 2), per channel (b, d) and direction k:
 //   h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t . h_t + D u_t,   out = (sum_k y) silu(z)
 //
-// Included once by each ISA translation unit, which defines STM_SCAN_VEC (512 | 256 | 0) and
-// STM_SCAN_NS (a namespace private to that ISA build; see scan_common.h for why).
+// Included once by each ISA translation unit (selective_scan_kernel_{generic,avx2,avx512}.cpp),
+// which defines STMODELS_ISA (a namespace private to that build; see selective_scan_params.h for
+// why), STMODELS_ISA_NAME (its name in the ScanKernels table) and STM_SCAN_VEC (the vector type of
+// selective_scan_vec.h: 512 | 256 | 0).
 //
 // Layout of the work:
 // * One task is one (b, d) sequence (forward) or a fixed chunk of channels of one (b, group)
@@ -32,17 +34,17 @@
 #include <immintrin.h>
 #endif
 
-#include "scan_common.h"
+#include "selective_scan_params.h"
 
-#ifndef STM_SCAN_NS
-#error "define STM_SCAN_NS (a namespace private to this ISA build) before including scan_kernel.h"
+#if !defined(STMODELS_ISA) || !defined(STMODELS_ISA_NAME) || !defined(STM_SCAN_VEC)
+#error "selective_scan_kernel.h needs STMODELS_ISA, STMODELS_ISA_NAME and STM_SCAN_VEC"
 #endif
 
 namespace stmodels {
 namespace scan {
-namespace STM_SCAN_NS {
+namespace STMODELS_ISA {
 
-#include "scan_vec.h"
+#include "selective_scan_vec.h"
 
 using V = Vec;
 using VT = Vec::T;
@@ -58,7 +60,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t bwd_chunk(const ScanParams& p) { return imin(p.L, 32768 / W); }
 inline int64_t fwd_chunk(const ScanParams& p) { return imin(p.L, 256); }
 
-#include "scan_seq.h"
+#include "selective_scan_kernel_seq.h"
 
 // ---------------------------------------------------------------- inner loops (one n-block)
 
@@ -441,10 +443,10 @@ inline void bwd(const ScanParams& p, int64_t begin, int64_t end, float* ws) {
 }
 
 inline const ScanKernels* kernels() {
-  static const ScanKernels k{STM_SCAN_NAME, W, &fwd_ws, &fwd, &bwd_ws, &bwd};
+  static const ScanKernels k{STMODELS_ISA_NAME, W, &fwd_ws, &fwd, &bwd_ws, &bwd};
   return &k;
 }
 
-}  // namespace STM_SCAN_NS
+}  // namespace STMODELS_ISA
 }  // namespace scan
 }  // namespace stmodels

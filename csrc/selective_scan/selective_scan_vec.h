@@ -1,7 +1,8 @@
 // Minimal float vector types for the selective-scan kernels, one per ISA, selected by
 // STM_SCAN_VEC (512: AVX-512F/BW/VL/DQ + FMA, 256: AVX2 + FMA, 0: portable, GCC/Clang vector
 // extensions that map to SSE2 / NEON, or plain arrays for other compilers). Included only from
-// scan_kernel.h, inside the per-ISA namespace, so nothing here is shared (ODR) between builds.
+// selective_scan_kernel.h, inside the per-ISA namespace, so nothing here is shared (ODR) between
+// builds.
 // Each type offers the same small set of operations; reduce_rows / reduce_packed sum W rows of a
 // row buffer at once (the per-step sums over the state dimension, deferred).
 //
