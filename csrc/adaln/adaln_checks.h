@@ -10,7 +10,9 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <optional>
+#include <tuple>
 
 namespace stmodels {
 namespace adaln_checks {
@@ -135,6 +137,64 @@ inline BwdInputs check_bwd(const Tensor& dout, const Tensor& x, const Tensor& sc
   in.mean = mean.contiguous();
   in.rstd = rstd.contiguous();
   return in;
+}
+
+// ---- outputs ----------------------------------------------------------------------------------
+// Allocated here, once for every device, so that the CPU and CUDA entry points return the same
+// shapes and dtypes and the same results for empty inputs. `done`: there is no row to normalise
+// and the outputs are already final.
+
+// out (batch, S, H) in x's dtype; mean, rstd (batch, S) float32.
+struct FwdOutputs {
+  Tensor out, mean, rstd;
+  bool done = false;
+  std::tuple<Tensor, Tensor, Tensor> tuple() const { return {out, mean, rstd}; }
+};
+
+inline FwdOutputs fwd_outputs(const FwdInputs& in) {
+  const Tensor& x = in.x;
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  FwdOutputs o;
+  o.out = at::empty(x.sizes(), x.options());
+  o.mean = at::empty({B, S}, x.options().dtype(at::kFloat));
+  o.rstd = at::empty({B, S}, x.options().dtype(at::kFloat));
+  if (H == 0) {  // as native_layer_norm: mean 0, rstd NaN
+    o.mean.zero_();
+    o.rstd.fill_(std::numeric_limits<float>::quiet_NaN());
+    o.done = true;
+  } else if (B * S == 0) {
+    o.done = true;
+  }
+  return o;
+}
+
+// dx like x; dshift, dscale like scale (x's dtype); dweight, dbias (H,) float32, or an empty (0,)
+// placeholder where the affine parameter is absent.
+struct BwdOutputs {
+  Tensor dx, dshift, dscale, dweight, dbias;
+  bool done = false;
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> tuple() const {
+    return {dx, dshift, dscale, dweight, dbias};
+  }
+};
+
+inline BwdOutputs bwd_outputs(const BwdInputs& in) {
+  const Tensor& x = in.x;
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
+  const auto f32 = x.options().dtype(at::kFloat);
+  BwdOutputs o;
+  o.dx = at::empty(x.sizes(), x.options());
+  o.dshift = at::empty(in.scale.sizes(), x.options());
+  o.dscale = at::empty(in.scale.sizes(), x.options());
+  o.dweight = in.weight ? at::empty({H}, f32) : at::empty({0}, f32);
+  o.dbias = in.bias ? at::empty({H}, f32) : at::empty({0}, f32);
+  if (H == 0) {
+    o.done = true;
+  } else if (B * S == 0) {  // sums over no rows
+    for (Tensor* t : {&o.dshift, &o.dscale, &o.dweight, &o.dbias}) t->zero_();
+    o.done = true;
+  }
+  return o;
 }
 
 }  // namespace adaln_checks

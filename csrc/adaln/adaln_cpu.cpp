@@ -111,14 +111,9 @@ std::tuple<Tensor, Tensor, Tensor> adaln_fwd_cpu(const Tensor& x_, const Tensor&
   const auto &weight = in.weight, &bias = in.bias;
   const bool per_token = in.per_token;
   const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
-  Tensor out = at::empty(x.sizes(), x.options());
-  Tensor mean = at::empty({B, S}, x.options().dtype(at::kFloat));
-  Tensor rstd = at::empty({B, S}, x.options().dtype(at::kFloat));
-  if (H == 0) {  // as native_layer_norm: mean 0, rstd NaN
-    mean.zero_();
-    rstd.fill_(std::numeric_limits<float>::quiet_NaN());
-    return {out, mean, rstd};
-  }
+  adaln_checks::FwdOutputs outputs = adaln_checks::fwd_outputs(in);
+  if (outputs.done) return outputs.tuple();
+  Tensor &out = outputs.out, &mean = outputs.mean, &rstd = outputs.rstd;
 
   FwdArgs a{};
   a.blk = make_blocking(B, S, H, kFwdTargetBlocks);
@@ -153,12 +148,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> adaln_bwd_cpu(
   const auto &weight = in.weight, &bias = in.bias;
   const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
   const auto f32 = x.options().dtype(at::kFloat);
-  Tensor dx = at::empty(x.sizes(), x.options());
-  Tensor dshift = at::empty(scale.sizes(), x.options());
-  Tensor dscale = at::empty(scale.sizes(), x.options());
-  Tensor dweight = weight ? at::empty({H}, f32) : at::empty({0}, f32);
-  Tensor dbias = bias ? at::empty({H}, f32) : at::empty({0}, f32);
-  if (H == 0) return {dx, dshift, dscale, dweight, dbias};
+  adaln_checks::BwdOutputs grads = adaln_checks::bwd_outputs(in);
+  if (grads.done) return grads.tuple();
+  Tensor &dx = grads.dx, &dshift = grads.dshift, &dscale = grads.dscale;
+  Tensor &dweight = grads.dweight, &dbias = grads.dbias;
 
   BwdArgs a{};
   a.blk = make_blocking(B, S, H, kBwdTargetBlocks);

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <tuple>
 #include <vector>
 
 namespace stmodels {
@@ -181,6 +182,66 @@ inline std::pair<Tensor, Tensor> check_grads(const Tensor& dout,
     dlast = dlast_state->contiguous();
   }
   return {dout.contiguous(), dlast};
+}
+
+// ---- outputs ----------------------------------------------------------------------------------
+// Allocated here, once for every device, so that the CPU and CUDA entry points return the same
+// shapes and dtypes and the same results for empty inputs. `done`: there is nothing to scan and
+// the outputs are already final.
+
+// out (batch, dim, L) in u's dtype; last_state (batch, dim, N), or (2, batch, dim, N), float32.
+struct FwdOutputs {
+  Tensor out, last;
+  bool done = false;
+};
+
+inline FwdOutputs fwd_outputs(const Inputs& in, bool bidir) {
+  const Geom& g = in.g;
+  const auto f32 = in.A.options();
+  FwdOutputs o;
+  o.out = at::empty({g.batch, g.dim, g.L}, in.u.options());
+  o.last = bidir ? at::zeros({2, g.batch, g.dim, g.N}, f32) : at::zeros({g.batch, g.dim, g.N}, f32);
+  if (g.batch == 0 || g.dim == 0) {
+    o.done = true;
+  } else if (g.L == 0) {  // nothing to scan: the state is the initial one
+    if (in.init.defined()) o.last.copy_(in.init);
+    o.done = true;
+  }
+  return o;
+}
+
+// One gradient per input, shaped and typed like it; an absent optional input gets its own empty
+// float32 placeholder (outputs of an op must not alias each other). Every element is written by
+// the kernels, or zeroed here when there is no work.
+struct BwdOutputs {
+  Tensor du, ddelta, dA, dB, dC, dD, dz, dbias, dinit;
+  bool done = false;
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> tuple() const {
+    return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
+  }
+};
+
+inline BwdOutputs bwd_outputs(const Inputs& in, const Tensor& dlast) {
+  const Geom& g = in.g;
+  const auto f32 = in.A.options();
+  auto like_or_empty = [&](const Tensor& t) { return t.defined() ? at::empty_like(t) : at::empty({0}, f32); };
+  BwdOutputs o;
+  o.du = at::empty_like(in.u);
+  o.ddelta = at::empty_like(in.delta);
+  o.dA = at::empty_like(in.A);
+  o.dB = at::empty_like(in.B);
+  o.dC = at::empty_like(in.C);
+  o.dD = like_or_empty(in.D);
+  o.dz = like_or_empty(in.z);
+  o.dbias = like_or_empty(in.bias);
+  o.dinit = like_or_empty(in.init);
+  if (g.batch == 0 || g.dim == 0 || g.L == 0) {
+    for (Tensor* t : {&o.du, &o.ddelta, &o.dA, &o.dB, &o.dC, &o.dD, &o.dz, &o.dbias, &o.dinit}) t->zero_();
+    // With nothing to scan last_state is initial_state itself.
+    if (g.L == 0 && dlast.defined() && in.init.defined()) o.dinit.copy_(dlast);
+    o.done = true;
+  }
+  return o;
 }
 
 }  // namespace scan_checks

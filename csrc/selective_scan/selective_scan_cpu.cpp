@@ -128,14 +128,9 @@ std::tuple<Tensor, Tensor> scan_fwd_cpu(const Tensor& u, const Tensor& delta, co
   const Inputs in = scan_checks::validate(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                           reverse, bidirectional, at::kCPU);
   const Geom& g = in.g;
-  Tensor out = at::empty({g.batch, g.dim, g.L}, in.u.options());
-  Tensor last = bidirectional ? at::zeros({2, g.batch, g.dim, g.N}, in.A.options())
-                              : at::zeros({g.batch, g.dim, g.N}, in.A.options());
-  if (g.batch == 0 || g.dim == 0) return {out, last};
-  if (g.L == 0) {  // nothing to scan: the state is the initial one
-    if (in.init.defined()) last.copy_(in.init);
-    return {out, last};
-  }
+  scan_checks::FwdOutputs outputs = scan_checks::fwd_outputs(in, bidirectional);
+  if (outputs.done) return {outputs.out, outputs.last};
+  Tensor &out = outputs.out, &last = outputs.last;
   const ScanKernels* kr = pick_kernels();
   Prepared pr = prepare(in, delta_softplus, reverse, kr->width);
   ScanParams& p = pr.p;
@@ -237,20 +232,10 @@ BwdOut scan_bwd_cpu(const Tensor& dout, const c10::optional<Tensor>& dlast_state
   const Tensor& dlast = grads_in.second;
   const auto f32 = in.A.options();
   const Tensor none = at::empty({0}, f32);
-  // Every element of every gradient is written below (or zeroed here when there is no work).
-  Tensor du = at::empty_like(in.u), ddelta = at::empty_like(in.delta);
-  Tensor dA = at::empty_like(in.A), dB = at::empty_like(in.B), dC = at::empty_like(in.C);
-  // Absent inputs get their own empty placeholder: outputs of an op must not alias each other.
-  Tensor dD = in.D.defined() ? at::empty_like(in.D) : at::empty({0}, f32);
-  Tensor dz = in.z.defined() ? at::empty_like(in.z) : at::empty({0}, f32);
-  Tensor dbias = in.bias.defined() ? at::empty_like(in.bias) : at::empty({0}, f32);
-  Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
-  if (g.batch == 0 || g.dim == 0 || g.L == 0) {
-    for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
-    // With nothing to scan last_state is initial_state itself.
-    if (g.L == 0 && dlast.defined() && in.init.defined()) dinit.copy_(dlast);
-    return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
-  }
+  scan_checks::BwdOutputs grads = scan_checks::bwd_outputs(in, dlast);
+  if (grads.done) return grads.tuple();
+  Tensor &du = grads.du, &ddelta = grads.ddelta, &dA = grads.dA, &dB = grads.dB, &dC = grads.dC;
+  Tensor &dD = grads.dD, &dz = grads.dz, &dbias = grads.dbias, &dinit = grads.dinit;
 
   const ScanKernels* kr = pick_kernels();
   Prepared pr = prepare(in, delta_softplus, reverse, kr->width);

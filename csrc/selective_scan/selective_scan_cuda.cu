@@ -152,14 +152,9 @@ std::tuple<Tensor, Tensor> scan_fwd_cuda(const Tensor& u, const Tensor& delta, c
   const Geom& g = in.g;
   c10::cuda::CUDAGuard guard(in.u.device());
   const auto f32 = in.A.options();
-  Tensor out = at::empty({g.batch, g.dim, g.L}, in.u.options());
-  Tensor last = bidirectional ? at::zeros({2, g.batch, g.dim, g.N}, f32)
-                              : at::zeros({g.batch, g.dim, g.N}, f32);
-  if (g.batch == 0 || g.dim == 0) return {out, last};
-  if (g.L == 0) {
-    if (in.init.defined()) last.copy_(in.init);
-    return {out, last};
-  }
+  scan_checks::FwdOutputs outputs = scan_checks::fwd_outputs(in, bidirectional);
+  if (outputs.done) return {outputs.out, outputs.last};
+  Tensor &out = outputs.out, &last = outputs.last;
   TORCH_CHECK(g.batch * g.dim <= std::numeric_limits<int>::max(), "selective_scan (cuda): "
               "batch*dim = ", g.batch * g.dim, " exceeds the grid limit");
   Params p = make_params(in, delta_softplus, reverse);
@@ -245,18 +240,10 @@ BwdOut scan_bwd_cuda(const Tensor& dout, const c10::optional<Tensor>& dlast_stat
   const Tensor& dlast = grads_in.second;
   c10::cuda::CUDAGuard guard(in.u.device());
   const auto f32 = in.A.options();
-  Tensor du = at::empty_like(in.u), ddelta = at::empty_like(in.delta);
-  Tensor dA = at::empty_like(in.A), dB = at::empty_like(in.B), dC = at::empty_like(in.C);
-  Tensor dD = in.D.defined() ? at::empty_like(in.D) : at::empty({0}, f32);
-  Tensor dz = in.z.defined() ? at::empty_like(in.z) : at::empty({0}, f32);
-  Tensor dbias = in.bias.defined() ? at::empty_like(in.bias) : at::empty({0}, f32);
-  Tensor dinit = in.init.defined() ? at::empty_like(in.init) : at::empty({0}, f32);
-  if (g.batch == 0 || g.dim == 0 || g.L == 0) {
-    for (Tensor* t : {&du, &ddelta, &dA, &dB, &dC, &dD, &dz, &dbias, &dinit}) t->zero_();
-    // With nothing to scan last_state is initial_state itself.
-    if (g.L == 0 && dlast.defined() && in.init.defined()) dinit.copy_(dlast);
-    return {du, ddelta, dA, dB, dC, dD, dz, dbias, dinit};
-  }
+  scan_checks::BwdOutputs grads = scan_checks::bwd_outputs(in, dlast);
+  if (grads.done) return grads.tuple();
+  Tensor &du = grads.du, &ddelta = grads.ddelta, &dA = grads.dA, &dB = grads.dB, &dC = grads.dC;
+  Tensor &dD = grads.dD, &dz = grads.dz, &dbias = grads.dbias, &dinit = grads.dinit;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   Params p = make_params(in, delta_softplus, reverse);
   const BwdConfig cfg = bwd_config(g.N);
