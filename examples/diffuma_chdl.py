@@ -41,10 +41,10 @@ from stmodels.models import create_model
 from stmodels.train import TrainConfig, Trainer, evaluate
 from stmodels.train.visualize import plot_loss_curves, save_gif, save_strip
 
-# Budgets. "small" fits the 10-minute CPU demo: 32x32 frames, 10 -> 10, 800 steps of batch 4, the
+# Budgets. "small" fits the 10-minute CPU demo: 32x32 frames, 10 -> 10, 600 steps of batch 4, the
 # preset's own defaults (benchmarks/fidelity measures each of them). "base" is the GPU configuration.
 PRESETS = {
-    "small": dict(model="diffuma_small", size=32, steps=800, batch_size=4, lr=2e-3, train_sequences=1000,
+    "small": dict(model="diffuma_small", size=32, steps=600, batch_size=4, lr=2e-3, train_sequences=1000,
                   val_sequences=64, precision="fp32", ema=None, overrides={}),
     "base": dict(model="diffuma_base", size=64, steps=20000, batch_size=32, lr=5e-4, train_sequences=20000,
                  val_sequences=1000, precision="bf16", ema=0.999, overrides={}),
