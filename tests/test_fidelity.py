@@ -52,3 +52,44 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     assert "learning-rate search" in page and "copy last frame" in page and "not** the published" in page
     assert "± " in page  # two seeds: mean and spread
     assert (docs / "_static" / "fidelity" / "predictions_chdl.png").exists()
+
+
+def _bare_study(tmp_path, **args):
+    """A CHDL study of the CPU budget without its data sets: enough for the learning-rate bookkeeping."""
+    import argparse
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.fidelity.run import BUDGETS, Study, variants
+
+    study = Study.__new__(Study)
+    study.dataset, study.budget, study.out = "chdl", BUDGETS["cpu"], tmp_path
+    study.args = argparse.Namespace(**{"lrs": None, "seeds": None, "only_seeds": None, "only": None, **args})
+    study.variants = {v.name: v for v in variants(study.budget, "chdl")}
+    return study
+
+
+def _finish(study, name, lr, selection_mse):
+    path = study.rows_path(study.variants[name], lr, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": [{"model": name, "lr": lr, "selection_mse": selection_mse}]}))
+
+
+def test_chosen_rate_waits_for_the_whole_search_unless_partial(tmp_path):
+    study = _bare_study(tmp_path)
+    _finish(study, "DIFFUMA", 1e-3, 2.0)
+    _finish(study, "DIFFUMA", 2e-3, 1.0)
+    assert study.chosen_lr("DIFFUMA") is None  # 4e-3 not run: no seeds or ablations planned yet
+    assert study.plan("seeds") == []
+    assert study.chosen_lr("DIFFUMA", partial=True) == 2e-3  # what the reports show meanwhile
+    assert study.chosen_lr("random conditioning", partial=True) == 2e-3
+    assert study.chosen_lr("ConvLSTM", partial=True) is None
+    _finish(study, "DIFFUMA", 4e-3, 0.5)
+    assert study.chosen_lr("DIFFUMA") == 4e-3 == study.chosen_lr("random conditioning")
+
+
+def test_only_seeds_splits_the_seeds_phase(tmp_path):
+    study = _bare_study(tmp_path, only_seeds=[1], only=["DIFFUMA", "random conditioning"])
+    for lr in study.lrs():
+        _finish(study, "DIFFUMA", lr, lr)
+    assert {(v.name, lr, seed) for v, lr, seed in study.plan("seeds")} == {
+        ("DIFFUMA", 1e-3, 1), ("random conditioning", 1e-3, 1)}

@@ -99,7 +99,7 @@ def figure(path: Path, dataset: str, study, rows: list[dict]) -> bool:
     frames_rows = [("observed", inputs.numpy()), ("truth", targets.numpy())]
     for name in FIGURE_MODELS:
         variant = study.variants.get(name)
-        lr = study.chosen_lr(name) if variant else None
+        lr = study.chosen_lr(name, partial=True) if variant else None
         if lr is None:
             continue
         from benchmarks.fidelity.run import run_name

@@ -205,13 +205,19 @@ class Study:
         atomic_write_text(self.rows_path(variant, lr, seed), json.dumps(record, indent=1) + "\n")
         return record
 
-    def chosen_lr(self, name: str) -> float | None:
-        """The searched learning rate with the lowest selection-set MSE (None until the search is done)."""
+    def chosen_lr(self, name: str, partial: bool = False) -> float | None:
+        """The searched learning rate with the lowest selection-set MSE.
+
+        None until the search is done; with ``partial=True`` (what the reports use while a search is
+        unfinished; the results page shows which rates ran) the best of the rates finished so far.
+        """
         variant = self.variants[name]
         if variant.lr_from:
-            return self.chosen_lr(variant.lr_from)
+            return self.chosen_lr(variant.lr_from, partial)
         records = [self.finished(variant, lr, 0) for lr in self.lrs()]
-        if any(r is None for r in records):
+        if partial:
+            records = [r for r in records if r is not None]
+        if not records or any(r is None for r in records):
             return None
         best = min(records, key=lambda r: r["rows"][0]["selection_mse"])
         return best["rows"][0]["lr"]
@@ -251,7 +257,7 @@ class Study:
         for path in sorted((self.out / "rows" / self.dataset).glob("*.json")):
             for row in json.loads(path.read_text())["rows"]:
                 base = row["model"].split(",")[0]
-                chosen = self.chosen_lr(base) if base in self.variants else None
+                chosen = self.chosen_lr(base, partial=True) if base in self.variants else None
                 rows.append({**row, "chosen": chosen is not None and row["lr"] == chosen})
         return rows
 
