@@ -5,20 +5,25 @@ Diffusion Enhancement", arXiv 2507.06738, 2025. The paper does not publish its s
 schedule or loss weight; every such value here is a documented, configurable default, not a claim
 about the paper::
 
-    Y_mamba, context = mamba_encoder(X)
-    dX               = head.single_pass(Y_mamba, context, cond=X[:, -1])   # one denoiser evaluation
+    Y_mamba, context, carried = mamba_encoder(X)      # carried: X[:, -1] warped along its motion
+    dX               = head.single_pass(Y_mamba, context, cond=carried)   # one denoiser evaluation
     Y_hat            = Y_mamba + dX
     loss             = mse(Y_hat, Y) + lambda_diff * L_diff(Y, context)
 
 The defaults are the choices the fidelity study measured (``docs/results.rst``): a time-stacked
-latent translator of bidirectional Mamba blocks (``scan="latent"``), a unit-gain residual
+latent translator of bidirectional Mamba blocks (``scan="latent"``) that also reads out a per-frame
+velocity field, started from a block-matching estimate of the observed motion, along which the last
+observed frame is warped into every output frame (``motion="warp"``, ``motion_radius`` pixels of
+search per frame, ``motion_window`` the matching window; :mod:`stmodels.nn.motion`); the Mamba path
+predicts the correction to that warped frame. Then a unit-gain residual
 (``prediction="residual"``) whose diffusion loss runs at noise levels matched to ``Y_mamba``'s error
-(``noise_levels="matched"``), the last observed frame concatenated to the denoiser's input
-(``observed_input=True``), the context added to its tokens (``context_tokens=True``) besides AdaLN,
-and attention across the predicted frames (``attention="spacetime"``). During training the single
+(``noise_levels="matched"``), the last observed frame (warped, with ``motion="warp"``) concatenated
+to the denoiser's input (``observed_input=True``), the context added to its tokens
+(``context_tokens=True``) besides AdaLN, and attention across the predicted frames
+(``attention="spacetime"``). During training the single
 pass and the diffusion loss share one denoiser call (:meth:`ResidualDiffusionHead.training_pass`).
-Models saved before these defaults (``scan="spacetime"`` with a fixed ``Linear(T_in, T_out)``) do
-not load.
+Models saved before these defaults (``scan="spacetime"`` with a fixed ``Linear(T_in, T_out)``, or
+before ``motion``) do not load.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class DIFFUMAConfig(ModelConfig):
     ``2**num_downsamples`` and by ``patch_size``.
     Ablations: ``diffusion="off"`` is the Mamba-only model; ``context="random"`` conditions the
     denoiser on Gaussian noise of the context's shape instead of the temporal features;
-    ``observed_input=False``, ``context_tokens=False``, ``prediction="epsilon"``,
+    ``motion="none"``, ``observed_input=False``, ``context_tokens=False``, ``prediction="epsilon"``,
     ``noise_levels="uniform"``, ``attention="spatial"`` and ``scan="spacetime"`` switch off one new
     part each (``scan="spacetime"``, ``prediction="epsilon"``, ``noise_levels="uniform"``,
     ``observed_input=False``, ``context_tokens=False`` together are close to the first version).
@@ -71,6 +76,9 @@ class DIFFUMAConfig(ModelConfig):
     d_conv: int = 4
     expand: int = 2
     scan: str = "latent"
+    motion: str = "warp"
+    motion_radius: int = 2
+    motion_window: int = 31
     direction: str = "bidirectional"
     share_directions: bool = False
     translator_dim: int = 256
@@ -134,7 +142,8 @@ class DIFFUMA(PretrainedMixin, nn.Module):
             in_shape=config.in_shape, out_frames=config.out_frames, hidden_channels=config.hidden_channels,
             num_downsamples=config.num_downsamples, depth=config.mamba_depth, d_state=config.d_state,
             d_conv=config.d_conv, expand=config.expand, scan=config.scan, direction=config.direction,
-            share_directions=config.share_directions, translator_dim=config.translator_dim,
+            share_directions=config.share_directions, motion=config.motion,
+            motion_radius=config.motion_radius, motion_window=config.motion_window, translator_dim=config.translator_dim,
             mlp_ratio=config.translator_mlp_ratio, backend=config.backend, **factory,
         )
         self.head: ResidualDiffusionHead | None = None
@@ -158,11 +167,10 @@ class DIFFUMA(PretrainedMixin, nn.Module):
     def _conditioning(self, context: torch.Tensor) -> torch.Tensor:
         return torch.randn_like(context) if self.config.context == "random" else context
 
-    def _observed(self, X: torch.Tensor) -> torch.Tensor | None:
-        """The denoiser's conditioning images: the last observed frame for every output frame, (batch, T_out, C, H, W)."""
-        if not self.config.observed_input:
-            return None
-        return X[:, -1:].expand(-1, self.config.out_frames, -1, -1, -1)
+    def _observed(self, carried: torch.Tensor) -> torch.Tensor | None:
+        """The denoiser's conditioning images, (batch, T_out, C, H, W): the last observed frame as the
+        temporal path carried it into every output frame (warped along its motion with ``motion="warp"``)."""
+        return carried if self.config.observed_input else None
 
     def forward(self, X: torch.Tensor, sampler: str | None = None, ddim_steps: int | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -178,11 +186,11 @@ class DIFFUMA(PretrainedMixin, nn.Module):
             Y_hat: (batch, T_out, C, H, W).
         """
         self._check_input(X, "X", self.config.in_shape[0])
-        y_mamba, context = self.mamba_encoder(X)
+        y_mamba, context, carried = self.mamba_encoder(X, return_carried=True)
         if self.head is None:
             return y_mamba
         context = self._conditioning(context)
-        cond = self._observed(X)
+        cond = self._observed(carried)
         sampler = sampler or self.config.sampler
         if sampler == "single":
             return y_mamba + self.head.single_pass(y_mamba, context, cond=cond)
@@ -210,12 +218,12 @@ class DIFFUMA(PretrainedMixin, nn.Module):
         """
         self._check_input(X, "X", self.config.in_shape[0])
         self._check_input(Y, "Y", self.config.out_frames)
-        y_mamba, context = self.mamba_encoder(X)
+        y_mamba, context, carried = self.mamba_encoder(X, return_carried=True)
         if self.head is None:
             recon = F.mse_loss(y_mamba, Y)
             return {"loss": recon, "recon": recon.detach(), "diff": recon.new_zeros(()), "prediction": y_mamba.detach()}
         context = self._conditioning(context)
-        cond = self._observed(X)
+        cond = self._observed(carried)
         if self.config.lambda_diff > 0:
             delta, diff = self.head.training_pass(y_mamba, Y, context, cond=cond, generator=generator)
         else:  # no diffusion loss: no noisy half-batch to run

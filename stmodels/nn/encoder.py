@@ -18,6 +18,7 @@ from torch import nn
 
 from stmodels.nn._common import check_backend_name
 from stmodels.nn.mamba import DIRECTIONS, BiMambaLayer
+from stmodels.nn.motion import MOTIONS, MotionWarp, estimate_velocity
 from stmodels.nn.translator import LatentTranslator
 
 __all__ = ["SpatialEncoder", "SpatialDecoder", "MambaEncoder"]
@@ -224,6 +225,14 @@ class MambaEncoder(nn.Module):
        features as the skip (SimVP's rule for ``T_in != T_out``); with ``residual=True`` (default)
        the decoder predicts the change from the last observed frame,
        ``Y_mamba = x[:, -1:] + decoder(...)``; ``residual=False`` predicts frames directly.
+       With ``motion="warp"`` the last observed frame is carried along a velocity field
+       (:class:`~stmodels.nn.motion.MotionWarp`) before the residual is added,
+       ``Y_mamba = warp(x[:, -1], (k + 1) * velocity_k) + decoder(...)``, so fine texture moves by
+       sub-pixel amounts without being re-synthesised. ``velocity_k`` is the block-matching estimate
+       of the input's motion (:func:`~stmodels.nn.motion.estimate_velocity`, ``motion_radius`` and
+       ``motion_window``) plus a per-frame correction the decoder reads out (zero-initialised).
+       A warp learned from zero through the bilinear sampling alone does not find the motion at
+       this budget: its gradient is local and periodic texture makes it ambiguous.
 
     Frames of another H and W than ``in_shape`` are accepted (the path is fully convolutional and the
     scans take any length) as long as both are divisible by ``2**num_downsamples``; ``T_in`` and ``C``
@@ -242,6 +251,10 @@ class MambaEncoder(nn.Module):
         share_directions: one parameter set for both scan directions (bidirectional only).
         num_groups: GroupNorm groups of the conv stacks.
         residual: predict frames as a change from the last input frame (default) or directly.
+        motion: ``"none"`` (default) or ``"warp"`` (carry the last input frame along a predicted
+            velocity field; needs ``residual=True``); see step 4.
+        motion_radius: largest motion per frame, in pixels, the block matching searches.
+        motion_window: side of the box the block matching averages its cost over (odd).
         translator_dim: token size of the latent translator (``scan="latent"`` only).
         mlp_ratio: feed-forward width of the translator blocks, over ``translator_dim``.
         backend: scan backend of every layer (None: follow :func:`stmodels.ops.use_backend` /
@@ -268,6 +281,9 @@ class MambaEncoder(nn.Module):
         share_directions: bool = False,
         num_groups: int = 8,
         residual: bool = True,
+        motion: str = "none",
+        motion_radius: int = 2,
+        motion_window: int = 15,
         translator_dim: int = 256,
         mlp_ratio: float = 4.0,
         backend: str | None = None,
@@ -289,6 +305,10 @@ class MambaEncoder(nn.Module):
             raise ValueError(f"{where}: `scan` must be one of {SCANS}, got {scan!r}")
         if direction not in DIRECTIONS:
             raise ValueError(f"{where}: `direction` must be one of {DIRECTIONS}, got {direction!r}")
+        if motion not in MOTIONS:
+            raise ValueError(f"{where}: `motion` must be one of {MOTIONS}, got {motion!r}")
+        if motion == "warp" and not residual:
+            raise ValueError(f"{where}: `motion='warp'` carries the last frame and needs `residual=True`")
         self.in_shape = in_shape
         self.out_frames = _check_positive(where, "out_frames", out_frames)
         self.hidden_channels = _check_positive(where, "hidden_channels", hidden_channels)
@@ -299,6 +319,11 @@ class MambaEncoder(nn.Module):
         self.direction = direction
         self.share_directions = bool(share_directions)
         self.residual = bool(residual)
+        self.motion = motion
+        self.motion_radius = _check_positive(where, "motion_radius", motion_radius)
+        self.motion_window = _check_positive(where, "motion_window", motion_window)
+        if self.motion_window % 2 == 0:
+            raise ValueError(f"{where}: `motion_window` must be odd, got {motion_window}")
         self._backend = check_backend_name(backend, where)
 
         factory = {"device": device, "dtype": dtype}
@@ -314,8 +339,17 @@ class MambaEncoder(nn.Module):
             self.layers = nn.ModuleList(BiMambaLayer(hidden_channels, **mamba, **factory) for _ in range(depth))
             self.norm = nn.LayerNorm(hidden_channels, **factory)
             self.readout = nn.Linear(frames_in * hidden_channels, out_frames * hidden_channels, **factory)
-        self.spatial_decoder = SpatialDecoder(hidden_channels, channels, num_downsamples, num_groups,
+        # With motion="warp" the readout has two more channels per frame: the velocity (rows, columns),
+        # zero-initialised so that training starts from the plain residual prediction.
+        readout_channels = channels + (2 if motion == "warp" else 0)
+        self.spatial_decoder = SpatialDecoder(hidden_channels, readout_channels, num_downsamples, num_groups,
                                               **factory)
+        self.warp = None
+        if motion == "warp":
+            self.warp = MotionWarp()
+            with torch.no_grad():
+                self.spatial_decoder.readout.weight[channels:].zero_()
+                self.spatial_decoder.readout.bias[channels:].zero_()
 
     @property
     def mamba_layers(self) -> list[BiMambaLayer]:
@@ -340,7 +374,8 @@ class MambaEncoder(nn.Module):
             f"in_shape={self.in_shape}, out_frames={self.out_frames}, "
             f"hidden_channels={self.hidden_channels}, num_downsamples={self.num_downsamples}, "
             f"depth={self.depth}, scan={self.scan!r}, direction={self.direction!r}, "
-            f"share_directions={self.share_directions}, residual={self.residual}, backend={self.backend!r}"
+            f"share_directions={self.share_directions}, residual={self.residual}, motion={self.motion!r}, "
+            f"backend={self.backend!r}"
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -375,15 +410,18 @@ class MambaEncoder(nn.Module):
         mixed = self.readout(_stack_time(self._mix(features)))
         return rearrange(mixed, "b (h w) (t c) -> b t c h w", h=height, w=width, t=self.out_frames)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, return_carried: bool = False):
         """Predict ``T_out`` frames deterministically and return the diffusion path's conditioning.
 
         Args:
             x: (batch, T_in, C, H, W) observed frames (DIFFUMA uses values in [0, 1]).
+            return_carried: also return the last observed frame as carried into every output frame.
 
         Returns:
             y_mamba: (batch, T_out, C, H, W), the temporal path's prediction.
             context: (batch, T_out, C_hid, H / 2**k, W / 2**k), the features at the decoder's input.
+            carried (with ``return_carried=True``): (batch, T_out, C, H, W), the last observed frame
+            warped along the predicted motion (``motion="warp"``) or repeated (``motion="none"``).
         """
         self._check_input(x)
         batch = x.shape[0]
@@ -392,5 +430,12 @@ class MambaEncoder(nn.Module):
         # The last observed frame's first-level features serve every output frame (SimVP's T_in != T_out rule).
         skip = skip.unflatten(0, (batch, -1))[:, -1:].expand(-1, self.out_frames, -1, -1, -1)
         decoded = self.spatial_decoder(context.flatten(0, 1), skip.flatten(0, 1)).unflatten(0, (batch, -1))
-        y_mamba = x[:, -1:] + decoded if self.residual else decoded
-        return y_mamba, context
+        carried = x[:, -1:].expand(-1, self.out_frames, -1, -1, -1)
+        if self.warp is not None:
+            channels = self.in_shape[1]
+            # Source offset per frame = -(content velocity) + the learned correction.
+            prior = -estimate_velocity(x, self.motion_radius, self.motion_window).to(decoded.dtype)
+            carried, _ = self.warp(x[:, -1], prior.unsqueeze(1) + decoded[:, :, channels:])
+            decoded = decoded[:, :, :channels]
+        y_mamba = carried + decoded if self.residual else decoded
+        return (y_mamba, context, carried) if return_carried else (y_mamba, context)
