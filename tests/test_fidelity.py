@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FIXED = {"copy last frame", "warp last frame (block matching)"}  # the baselines without parameters
 
 
 @pytest.mark.slow
@@ -22,7 +23,7 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
-    runs = {(r["model"], float(r["lr"]), int(r["seed"])) for r in rows if r["model"] != "copy last frame"}
+    runs = {(r["model"], float(r["lr"]), int(r["seed"])) for r in rows if r["model"] not in FIXED}
     # the search (both rates, seed 0) for the searched models, then seed 1 at each chosen rate
     for model in ("DIFFUMA", "Mamba-only"):
         assert {(model, 1e-3, 0), (model, 2e-3, 0)} <= runs
@@ -31,8 +32,8 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     # random conditioning is not searched: DIFFUMA's rate, both seeds
     assert {lr for m, lr, _ in runs if m == "random conditioning"} == {chosen["DIFFUMA"]}
     assert {s for m, _, s in runs if m == "random conditioning"} == {0, 1}
-    assert {"DIFFUMA, DDIM 10 steps", "DIFFUMA, DDIM 50 steps", "copy last frame"} <= {r["model"] for r in rows}
-    assert {r["train_steps"] for r in rows if r["model"] != "copy last frame"} == {"1"}
+    assert {"DIFFUMA, DDIM 10 steps", "DIFFUMA, DDIM 50 steps", *FIXED} <= {r["model"] for r in rows}
+    assert {r["train_steps"] for r in rows if r["model"] not in FIXED} == {"1"}
     assert (out / "predictions_chdl.png").stat().st_size > 0
     assert len(list((out / "rows" / "chdl").glob("*.json"))) == 8  # 2 + 1 + 2 + 1 runs, and 2 of random conditioning
     setup = json.loads((out / "results.json").read_text())["setup"]
@@ -42,14 +43,15 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert again.returncode == 0 and "lr=" not in again.stdout
     again_rows = list(csv.DictReader((out / "results.csv").open()))
-    assert again_rows[:-1] == rows[:-1]  # the last row, copy-last, is re-timed
+    assert again_rows[:-2] == rows[:-2]  # the last two rows, the fixed baselines, are re-timed
 
     sys.path.insert(0, str(REPO))
     from benchmarks.fidelity.report import write_docs_page
 
     docs = tmp_path / "docs"
     page = write_docs_page(out, docs).read_text()
-    assert "learning-rate search" in page and "copy last frame" in page and "not** the published" in page
+    assert "learning-rate search" in page and "not** the published" in page
+    assert all(name in page for name in FIXED)
     assert "± " in page  # two seeds: mean and spread
     assert (docs / "_static" / "fidelity" / "predictions_chdl.png").exists()
 
@@ -93,3 +95,28 @@ def test_only_seeds_splits_the_seeds_phase(tmp_path):
         _finish(study, "DIFFUMA", lr, lr)
     assert {(v.name, lr, seed) for v, lr, seed in study.plan("seeds")} == {
         ("DIFFUMA", 1e-3, 1), ("random conditioning", 1e-3, 1)}
+
+
+def test_empty_only_is_an_error_not_train_everything(capsys):
+    sys.path.insert(0, str(REPO))
+    from benchmarks.fidelity.run import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--only"])
+    assert stop.value.code == 2 and "--only needs model names" in capsys.readouterr().err
+
+
+def test_comparison_names_the_best_baseline_and_the_best_trained_one():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.fidelity.report import comparison
+
+    def entry(model, group, mse, parameters):
+        return {"dataset": "chdl", "model": model, "group": group, "mse": mse, "ssim": 0.5, "seeds": 2,
+                "parameters": parameters}
+
+    summary = [entry("DIFFUMA", "main", 7.0, 10), entry("SimVP (gSTA)", "baseline", 10.0, 10),
+               entry("warp last frame (block matching)", "baseline", 8.0, 0),
+               entry("copy last frame", "baseline", 1.0, 0)]  # copy-last never counts
+    text = comparison(summary, "chdl")
+    assert "12.5% lower than the best baseline's (warp last frame" in text and "falls short of" in text
+    assert "best trained baseline (SimVP (gSTA), MSE 10.000) it is 30.0% lower" in text

@@ -1,7 +1,7 @@
 """Assemblies and the model registry: ``create_model(name, **overrides)``, ``from_pretrained(dir)``."""
 
 from stmodels.models.convlstm import ConvLSTM, ConvLSTMConfig
-from stmodels.models.copy_last import CopyLastFrame, CopyLastFrameConfig
+from stmodels.models.copy_last import CopyLastFrame, CopyLastFrameConfig, WarpLastFrame, WarpLastFrameConfig
 from stmodels.models.diffuma import DIFFUMA, DIFFUMAConfig
 from stmodels.models.registry import (
     ModelConfig,
@@ -25,6 +25,8 @@ __all__ = [
     "PretrainedMixin",
     "SimVP",
     "SimVPConfig",
+    "WarpLastFrame",
+    "WarpLastFrameConfig",
     "create_model",
     "from_pretrained",
     "list_models",
