@@ -130,11 +130,12 @@ def test_main_job_example_runs_end_to_end_on_a_tiny_budget(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("results.md", "results.csv", "results.json", "strip_diffuma.png", "strip_mamba_only.png",
-                 "strip_copy_last.png", "diffuma.gif", "loss_curves.png"):
+                 "strip_copy_last.png", "strip_warp_last.png", "diffuma.gif", "loss_curves.png"):
         assert (out / name).stat().st_size > 0, name
     rows = json.loads((out / "results.json").read_text())["results"]
-    assert [r["model"] for r in rows] == ["DIFFUMA", "Mamba-only (diffusion off)", "copy last frame"]
-    assert [r["train_steps"] for r in rows] == [2, 2, 0]
+    assert [r["model"] for r in rows] == ["DIFFUMA", "Mamba-only (diffusion off)", "copy last frame",
+                                          "warp last frame (block matching)"]
+    assert [r["train_steps"] for r in rows] == [2, 2, 0, 0]
     assert "copy last frame" in result.stdout and "SSIM" in result.stdout
     # Run again: both runs are complete, so nothing trains and the table is the same.
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)

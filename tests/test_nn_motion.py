@@ -103,6 +103,26 @@ def test_block_matching_recovers_a_steady_translation(velocity):
     assert torch.allclose(estimate.mean((1, 2)), torch.tensor(velocity), atol=0.1), estimate.mean((1, 2))
 
 
+def test_warp_last_baseline_extrapolates_a_steady_translation():
+    """The parameter-free baseline: frames moving one pixel right per frame are extrapolated to within
+    a tenth of copy-last's error away from the left border (where new content enters)."""
+    from stmodels.models import create_model
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.avg_pool2d(torch.rand(2, 1, 24, 40, generator=generator), 3, 1, 1)
+    frames = torch.stack([base[..., 16 - t: 40 - t] for t in range(7)], dim=1)  # (2, 7, 1, 24, 24)
+    model = create_model("warp_last", in_shape=(4, 1, 24, 24), out_frames=3, motion_radius=2, motion_window=15)
+    prediction = model(frames[:, :4])
+    assert prediction.shape == (2, 3, 1, 24, 24)
+    for k in range(3):  # output frame k has moved k + 1 pixels past the last input
+        inner = (..., slice(4, 20), slice(k + 5, 20))
+        warp_error = (prediction[:, k][inner] - frames[:, 4 + k][inner]).square().mean()
+        copy_error = (frames[:, 3][inner] - frames[:, 4 + k][inner]).square().mean()
+        assert warp_error < 0.1 * copy_error, (k, warp_error, copy_error)
+    with pytest.raises(ValueError, match="motion_window"):
+        create_model("warp_last", in_shape=(4, 1, 24, 24), out_frames=3, motion_window=8)
+
+
 def test_block_matching_bad_input():
     with pytest.raises(ValueError, match="estimate_velocity"):
         estimate_velocity(torch.rand(1, 1, 1, 8, 8))

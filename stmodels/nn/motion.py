@@ -78,7 +78,10 @@ def estimate_velocity(frames: torch.Tensor, radius: int = 2, window: int = 15) -
             moved = earlier[:, :, radius - dy: radius - dy + height, radius - dx: radius - dx + width]
             costs.append((later - moved).square().sum(1))
     cost = torch.stack(costs, 1).unflatten(0, (batch, steps - 1)).mean(1)  # (batch, side * side, H, W)
-    cost = F.avg_pool2d(cost, window, stride=1, padding=window // 2, count_include_pad=False)
+    # The box mean as two 1-D means (the same numbers, window / 2 times fewer additions).
+    half = window // 2
+    cost = F.avg_pool2d(cost, (window, 1), stride=1, padding=(half, 0), count_include_pad=False)
+    cost = F.avg_pool2d(cost, (1, window), stride=1, padding=(0, half), count_include_pad=False)
     best = cost.argmin(1, keepdim=True)  # (batch, 1, H, W), index dy_index * side + dx_index
     iy, ix = best // side, best % side
 
