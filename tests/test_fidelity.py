@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     assert {r["train_steps"] for r in rows if r["model"] not in FIXED} == {"1"}
     assert (out / "predictions_chdl.png").stat().st_size > 0
     assert len(list((out / "rows" / "chdl").glob("*.json"))) == 8  # 2 + 1 + 2 + 1 runs, and 2 of random conditioning
+    # each run keeps its prediction of test sample 0 beside its rows: the figure needs no run folder
+    assert len(list((out / "rows" / "chdl").glob("*.examples.npz"))) == 8
+    shutil.rmtree(out / "chdl")
     setup = json.loads((out / "results.json").read_text())["setup"]
     assert setup["steps"] == {"chdl": 1} and setup["eval_sequences"] == 2
 
@@ -54,6 +58,7 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     assert all(name in page for name in FIXED)
     assert "± " in page  # two seeds: mean and spread
     assert (docs / "_static" / "fidelity" / "predictions_chdl.png").exists()
+    assert (out / "predictions_chdl.png").stat().st_size > 0
 
 
 def _bare_study(tmp_path, **args):

@@ -98,8 +98,9 @@ def figure(path: Path, dataset: str, study, rows: list[dict]) -> bool:
     """Inputs, truth and each headline model's prediction of test sample 0, one labelled row each.
 
     Each frame is drawn at about 96 px (at least 0.9 inch at 110 dpi), so a 10-frame row is about
-    1,000 px wide. Uses the run folders' ``examples.json`` of seed 0 at each model's chosen rate;
-    returns False (and writes nothing) when none is present.
+    1,000 px wide. Uses the ``rows/<dataset>/<run>.examples.npz`` (or an older run folder's
+    ``examples.json``) of seed 0 at each model's chosen rate; returns False (and writes nothing) when
+    none is present.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -113,9 +114,13 @@ def figure(path: Path, dataset: str, study, rows: list[dict]) -> bool:
             continue
         from benchmarks.fidelity.run import run_name
 
-        examples = study.out / dataset / run_name(variant, lr, 0) / "examples.json"
-        if examples.exists():
-            frames_rows.append((name, np.asarray(json.loads(examples.read_text())[name], np.float32)))
+        kept = study.examples_path(variant, lr, 0)
+        legacy = study.out / dataset / run_name(variant, lr, 0) / "examples.json"  # run folders of older runs
+        if kept.exists():
+            with np.load(kept) as examples:
+                frames_rows.append((name, examples[name].astype(np.float32)))
+        elif legacy.exists():
+            frames_rows.append((name, np.asarray(json.loads(legacy.read_text())[name], np.float32)))
     if len(frames_rows) == 2:
         return False
     columns = max(len(frames) for _, frames in frames_rows)

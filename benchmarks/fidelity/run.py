@@ -23,9 +23,10 @@ The study runs in three phases, each resumable:
     python benchmarks/fidelity/run.py --only none --docs      # train nothing: tables, figures, page
     python benchmarks/fidelity/run.py --phase seeds --only DIFFUMA --only-seeds 1   # split a phase
 
-Each finished run leaves a small ``rows/<dataset>/<run>.json`` in the results folder (committed with
-the results), so a later session skips what is done even without the run folders; an unfinished
-run resumes from its checkpoint. ``results.csv`` holds one row per model, seed and learning rate.
+Each finished run leaves a small ``rows/<dataset>/<run>.json`` in the results folder, and its
+prediction of test sample 0 for the figure in ``<run>.examples.npz`` (both committed with the
+results), so a later session skips what is done, and draws the figure, even without the run
+folders; an unfinished run resumes from its checkpoint. ``results.csv`` holds one row per model, seed and learning rate.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from stmodels._fileio import atomic_write_text  # noqa: E402
+from stmodels._fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 from stmodels.data import DataSpec  # noqa: E402
 from stmodels.models import create_model  # noqa: E402
 from stmodels.train import TrainConfig, Trainer, evaluate  # noqa: E402
@@ -165,6 +167,11 @@ class Study:
     def rows_path(self, variant: Variant, lr: float, seed: int) -> Path:
         return self.out / "rows" / self.dataset / f"{run_name(variant, lr, seed)}.json"
 
+    def examples_path(self, variant: Variant, lr: float, seed: int) -> Path:
+        """Test sample 0 as each of the run's samplers predicted it (float16, beside the rows, so the
+        figure survives the run folder)."""
+        return self.out / "rows" / self.dataset / f"{run_name(variant, lr, seed)}.examples.npz"
+
     def finished(self, variant: Variant, lr: float, seed: int) -> dict | None:
         path = self.rows_path(variant, lr, seed)
         return json.loads(path.read_text()) if path.exists() else None
@@ -206,9 +213,11 @@ class Study:
                          **result.metrics, "parameters": parameters, "train_steps": trainer.step,
                          "train_seconds": seconds, "s_per_step": seconds / max(trainer.step, 1), "lr": lr,
                          "seed": seed, "selection_mse": selection.metrics["mse"]})
-            examples[name] = result.example[2].numpy().tolist()
+            examples[name] = result.example[2].numpy().astype(np.float16)
         record = {"rows": rows}
-        atomic_write_text(run_dir / "examples.json", json.dumps(examples))
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **examples)
+        atomic_write_bytes(self.examples_path(variant, lr, seed), buffer.getvalue())
         atomic_write_text(self.rows_path(variant, lr, seed), json.dumps(record, indent=1) + "\n")
         return record
 
