@@ -125,3 +125,20 @@ def test_comparison_names_the_best_baseline_and_the_best_trained_one():
     text = comparison(summary, "chdl")
     assert "12.5% lower than the best baseline's (warp last frame" in text and "falls short of" in text
     assert "best trained baseline (SimVP (gSTA), MSE 10.000) it is 30.0% lower" in text
+
+
+def test_docs_page_says_so_when_a_data_set_has_no_ablations(tmp_path):
+    """A data set with only baselines must not give Sphinx an empty table (a build error)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.fidelity.report import write_docs_page
+
+    results = json.loads((REPO / "benchmarks" / "fidelity" / "results" / "cpu" / "results.json").read_text())
+    rows = [r for r in results["rows"] if r["dataset"] == "chdl" and r["group"] == "baseline"]
+    assert rows and not any(r["group"] == "ablation" for r in rows)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"setup": results["setup"], "rows": rows}))
+    page = write_docs_page(out, tmp_path / "docs").read_text()
+    assert "Ablations: none has run on this data set yet." in page
+    tables = page.split(".. list-table::")[1:]
+    assert tables and all(table.count("   * - ") > 1 for table in tables)  # a header and at least one row

@@ -225,9 +225,12 @@ def write_docs_page(results_dir: Path, docs_dir: Path) -> Path:
             lines += [text, ""]
         ablations = [r for r in subset if r["group"] == "ablation" and r not in headline]
         ablations = [r for r in subset if r["model"].startswith("DIFFUMA")] + ablations
-        lines += ["Ablations at DIFFUMA's learning rate, seed 0 unless the seeds column says otherwise (the "
-                  "DDIM rows sample the trained DIFFUMA with 10 and 50 DDIM steps from its noised "
-                  "temporal prediction instead of the single pass):", ""] + _table(ablations)
+        if ablations:
+            lines += ["Ablations at DIFFUMA's learning rate, seed 0 unless the seeds column says otherwise (the "
+                      "DDIM rows sample the trained DIFFUMA with 10 and 50 DDIM steps from its noised "
+                      "temporal prediction instead of the single pass):", ""] + _table(ablations)
+        else:
+            lines += ["Ablations: none has run on this data set yet.", ""]
         lines += ["The learning-rate search:", ""]
         lines += _search_table([r for r in rows if r["dataset"] == dataset])
         figure_file = results_dir / f"predictions_{dataset}.png"
