@@ -171,3 +171,39 @@ def test_warp_encoder_learns_a_translation_better_than_the_plain_residual():
         with torch.no_grad():
             losses[motion] = (model(x)[0] - y).square().mean().item()
     assert losses["warp"] < 0.7 * losses["none"], losses
+
+
+def test_motion_gate_starts_open_and_can_remove_the_carried_frame():
+    """The gate's readout channel is zero-initialised: at the start the gated encoder equals the
+    ungated one with the same weights; a very negative gate logit removes the carried frame from
+    Y_mamba (Y_mamba = the decoder's residual alone); the gate trains (non-zero gradient)."""
+    torch.manual_seed(0)
+    gated = MambaEncoder((3, 1, 8, 8), 2, hidden_channels=8, num_downsamples=1, depth=1, d_state=4,
+                         translator_dim=16, mlp_ratio=2.0, motion="warp", motion_gate=True, backend="reference")
+    plain = encoder("warp")
+    state = gated.state_dict()
+    assert state["spatial_decoder.readout.weight"].shape[0] == 4  # image, velocity (2), gate
+    assert torch.count_nonzero(state["spatial_decoder.readout.weight"][1:]) == 0
+    state["spatial_decoder.readout.weight"] = state["spatial_decoder.readout.weight"][:3]
+    state["spatial_decoder.readout.bias"] = state["spatial_decoder.readout.bias"][:3]
+    plain.load_state_dict(state)
+    x = torch.rand(2, 3, 1, 8, 8)
+    y_gated, _, carried_gated = gated(x, return_carried=True)
+    y_plain, _, carried_plain = plain(x, return_carried=True)
+    assert torch.allclose(y_gated, y_plain, atol=1e-6)
+    assert torch.allclose(carried_gated, carried_plain, atol=1e-6)
+
+    y_gated.square().mean().backward()
+    assert gated.spatial_decoder.readout.weight.grad[3].abs().sum() > 0
+
+    with torch.no_grad():
+        gated.spatial_decoder.readout.bias[3] = -60.0
+        y_closed, _, carried_closed = gated(x, return_carried=True)
+        residual = y_plain - carried_plain
+    assert carried_closed.abs().max() < 1e-6
+    assert torch.allclose(y_closed, residual, atol=1e-5)
+
+
+def test_motion_gate_needs_the_residual_prediction():
+    with pytest.raises(ValueError, match="motion_gate"):
+        MambaEncoder((3, 1, 8, 8), 2, motion_gate=True, residual=False)

@@ -118,6 +118,8 @@ def variants(budget: dict, dataset: str) -> list[Variant]:
 
     # Moving MNIST: the latent one downsampling finer (16x16 from 64x64, SimVP's latent size).
     finer = [ablation("finer latent (num_downsamples 2)", num_downsamples=2)] if dataset == "mmnist" else []
+    # A candidate part, off in the presets until measured: a learned per-pixel gate on the carried frame.
+    gate = [ablation("with motion gate (motion_gate=True)", motion_gate=True)]
     return [
         Variant("DIFFUMA", "main", model, base, searched=True, headline=True),
         Variant("SimVP (gSTA)", "baseline", "simvp", budget["simvp"], searched=True, headline=True),
@@ -138,6 +140,7 @@ def variants(budget: dict, dataset: str) -> list[Variant]:
         ablation("first version's parts", scan="spacetime", prediction="epsilon", noise_levels="uniform",
                  observed_input=False, context_tokens=False, attention="spatial", final_init_std=0.0),
         *finer,
+        *gate,
     ]
 
 

@@ -15,7 +15,8 @@ latent translator of bidirectional Mamba blocks (``scan="latent"``) that also re
 velocity field, started from a block-matching estimate of the observed motion, along which the last
 observed frame is warped into every output frame (``motion="warp"``, ``motion_radius`` pixels of
 search per frame, ``motion_window`` the matching window; :mod:`stmodels.nn.motion`); the Mamba path
-predicts the correction to that warped frame. Then a unit-gain residual
+predicts the correction to that warped frame (``motion_gate=True`` also scales the warped frame by a
+learned per-pixel gate). Then a unit-gain residual
 (``prediction="residual"``) whose diffusion loss runs at noise levels matched to ``Y_mamba``'s error
 (``noise_levels="matched"``), the last observed frame (warped, with ``motion="warp"``) concatenated
 to the denoiser's input (``observed_input=True``), the context added to its tokens
@@ -79,6 +80,7 @@ class DIFFUMAConfig(ModelConfig):
     motion: str = "warp"
     motion_radius: int = 2
     motion_window: int = 31
+    motion_gate: bool = False
     direction: str = "bidirectional"
     share_directions: bool = False
     translator_dim: int = 256
@@ -143,7 +145,8 @@ class DIFFUMA(PretrainedMixin, nn.Module):
             num_downsamples=config.num_downsamples, depth=config.mamba_depth, d_state=config.d_state,
             d_conv=config.d_conv, expand=config.expand, scan=config.scan, direction=config.direction,
             share_directions=config.share_directions, motion=config.motion,
-            motion_radius=config.motion_radius, motion_window=config.motion_window, translator_dim=config.translator_dim,
+            motion_radius=config.motion_radius, motion_window=config.motion_window,
+            motion_gate=config.motion_gate, translator_dim=config.translator_dim,
             mlp_ratio=config.translator_mlp_ratio, backend=config.backend, **factory,
         )
         self.head: ResidualDiffusionHead | None = None

@@ -233,6 +233,11 @@ class MambaEncoder(nn.Module):
        ``motion_window``) plus a per-frame correction the decoder reads out (zero-initialised).
        A warp learned from zero through the bilinear sampling alone does not find the motion at
        this budget: its gradient is local and periodic texture makes it ambiguous.
+       With ``motion_gate=True`` the decoder reads out one more channel per frame, a gate
+       ``g = 2 * sigmoid(logit)`` (zero-initialised, so ``g = 1`` at the start) that scales the
+       carried frame per pixel, ``Y_mamba = g * carried + decoder(...)``: where the carried content
+       is wrong (a digit that bounced, two that crossed) removing it is a gate near zero, not a
+       residual that must reproduce the wrong content's exact intensities with the opposite sign.
 
     Frames of another H and W than ``in_shape`` are accepted (the path is fully convolutional and the
     scans take any length) as long as both are divisible by ``2**num_downsamples``; ``T_in`` and ``C``
@@ -255,6 +260,8 @@ class MambaEncoder(nn.Module):
             velocity field; needs ``residual=True``); see step 4.
         motion_radius: largest motion per frame, in pixels, the block matching searches.
         motion_window: side of the box the block matching averages its cost over (odd).
+        motion_gate: scale the carried frame by a learned per-pixel gate (needs ``residual=True``);
+            see step 4.
         translator_dim: token size of the latent translator (``scan="latent"`` only).
         mlp_ratio: feed-forward width of the translator blocks, over ``translator_dim``.
         backend: scan backend of every layer (None: follow :func:`stmodels.ops.use_backend` /
@@ -284,6 +291,7 @@ class MambaEncoder(nn.Module):
         motion: str = "none",
         motion_radius: int = 2,
         motion_window: int = 15,
+        motion_gate: bool = False,
         translator_dim: int = 256,
         mlp_ratio: float = 4.0,
         backend: str | None = None,
@@ -309,6 +317,8 @@ class MambaEncoder(nn.Module):
             raise ValueError(f"{where}: `motion` must be one of {MOTIONS}, got {motion!r}")
         if motion == "warp" and not residual:
             raise ValueError(f"{where}: `motion='warp'` carries the last frame and needs `residual=True`")
+        if motion_gate and not residual:
+            raise ValueError(f"{where}: `motion_gate=True` gates the carried last frame and needs `residual=True`")
         self.in_shape = in_shape
         self.out_frames = _check_positive(where, "out_frames", out_frames)
         self.hidden_channels = _check_positive(where, "hidden_channels", hidden_channels)
@@ -320,6 +330,7 @@ class MambaEncoder(nn.Module):
         self.share_directions = bool(share_directions)
         self.residual = bool(residual)
         self.motion = motion
+        self.motion_gate = bool(motion_gate)
         self.motion_radius = _check_positive(where, "motion_radius", motion_radius)
         self.motion_window = _check_positive(where, "motion_window", motion_window)
         if self.motion_window % 2 == 0:
@@ -339,17 +350,16 @@ class MambaEncoder(nn.Module):
             self.layers = nn.ModuleList(BiMambaLayer(hidden_channels, **mamba, **factory) for _ in range(depth))
             self.norm = nn.LayerNorm(hidden_channels, **factory)
             self.readout = nn.Linear(frames_in * hidden_channels, out_frames * hidden_channels, **factory)
-        # With motion="warp" the readout has two more channels per frame: the velocity (rows, columns),
-        # zero-initialised so that training starts from the plain residual prediction.
-        readout_channels = channels + (2 if motion == "warp" else 0)
+        # With motion="warp" the readout has two more channels per frame, the velocity (rows, columns),
+        # and with motion_gate one more, the gate's logit; both zero-initialised, so that training
+        # starts from the plain residual on the last frame carried along the block-matching estimate.
+        readout_channels = channels + (2 if motion == "warp" else 0) + (1 if self.motion_gate else 0)
         self.spatial_decoder = SpatialDecoder(hidden_channels, readout_channels, num_downsamples, num_groups,
                                               **factory)
-        self.warp = None
-        if motion == "warp":
-            self.warp = MotionWarp()
-            with torch.no_grad():
-                self.spatial_decoder.readout.weight[channels:].zero_()
-                self.spatial_decoder.readout.bias[channels:].zero_()
+        self.warp = MotionWarp() if motion == "warp" else None
+        with torch.no_grad():
+            self.spatial_decoder.readout.weight[channels:].zero_()
+            self.spatial_decoder.readout.bias[channels:].zero_()
 
     @property
     def mamba_layers(self) -> list[BiMambaLayer]:
@@ -375,6 +385,7 @@ class MambaEncoder(nn.Module):
             f"hidden_channels={self.hidden_channels}, num_downsamples={self.num_downsamples}, "
             f"depth={self.depth}, scan={self.scan!r}, direction={self.direction!r}, "
             f"share_directions={self.share_directions}, residual={self.residual}, motion={self.motion!r}, "
+            f"motion_gate={self.motion_gate}, "
             f"backend={self.backend!r}"
         )
 
@@ -421,7 +432,8 @@ class MambaEncoder(nn.Module):
             y_mamba: (batch, T_out, C, H, W), the temporal path's prediction.
             context: (batch, T_out, C_hid, H / 2**k, W / 2**k), the features at the decoder's input.
             carried (with ``return_carried=True``): (batch, T_out, C, H, W), the last observed frame
-            warped along the predicted motion (``motion="warp"``) or repeated (``motion="none"``).
+            warped along the predicted motion (``motion="warp"``) or repeated (``motion="none"``),
+            times the gate with ``motion_gate=True``.
         """
         self._check_input(x)
         batch = x.shape[0]
@@ -431,11 +443,13 @@ class MambaEncoder(nn.Module):
         skip = skip.unflatten(0, (batch, -1))[:, -1:].expand(-1, self.out_frames, -1, -1, -1)
         decoded = self.spatial_decoder(context.flatten(0, 1), skip.flatten(0, 1)).unflatten(0, (batch, -1))
         carried = x[:, -1:].expand(-1, self.out_frames, -1, -1, -1)
+        channels = self.in_shape[1]
         if self.warp is not None:
-            channels = self.in_shape[1]
             # Source offset per frame = -(content velocity) + the learned correction.
             prior = -estimate_velocity(x, self.motion_radius, self.motion_window).to(decoded.dtype)
-            carried, _ = self.warp(x[:, -1], prior.unsqueeze(1) + decoded[:, :, channels:])
-            decoded = decoded[:, :, :channels]
+            carried, _ = self.warp(x[:, -1], prior.unsqueeze(1) + decoded[:, :, channels: channels + 2])
+        if self.motion_gate:
+            carried = carried * (2.0 * torch.sigmoid(decoded[:, :, -1:]))
+        decoded = decoded[:, :, :channels]
         y_mamba = carried + decoded if self.residual else decoded
         return (y_mamba, context, carried) if return_carried else (y_mamba, context)
