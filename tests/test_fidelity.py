@@ -49,6 +49,16 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
     again_rows = list(csv.DictReader((out / "results.csv").open()))
     assert again_rows[:-2] == rows[:-2]  # the last two rows, the fixed baselines, are re-timed
 
+    # a process that trains another data set (here: nothing of it) still reports this one's rows
+    # and the budget's whole search, not its own `--lrs`
+    other = command[: command.index("--only")] + ["--only", "none", "--lrs", "4e-3", "--steps", "1",
+                                                   "--eval-sequences", "2", "--datasets", "mmnist",
+                                                   "--out", str(out), "--quiet"]
+    assert subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO).returncode == 0
+    reported = list(csv.DictReader((out / "results.csv").open()))
+    assert [r for r in reported if r["dataset"] == "chdl"][:-2] == rows[:-2]
+    assert json.loads((out / "results.json").read_text())["setup"]["lrs"] == [1e-3, 2e-3, 4e-3]
+
     sys.path.insert(0, str(REPO))
     from benchmarks.fidelity.report import write_docs_page
 

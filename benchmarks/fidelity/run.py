@@ -229,11 +229,14 @@ class Study:
 
         None until the search is done; with ``partial=True`` (what the reports use while a search is
         unfinished; the results page shows which rates ran) the best of the rates finished so far.
+        Training plans search ``--lrs`` (when given); the reports always search the budget's rates,
+        so a process that ran a subset of them marks the same rows as chosen as any other.
         """
         variant = self.variants[name]
         if variant.lr_from:
             return self.chosen_lr(variant.lr_from, partial)
-        records = [self.finished(variant, lr, 0) for lr in self.lrs()]
+        rates = self.budget["lrs"] if partial else self.lrs()
+        records = [self.finished(variant, lr, 0) for lr in rates]
         if partial:
             records = [r for r in records if r is not None]
         if not records or any(r is None for r in records):
@@ -315,12 +318,15 @@ def main(argv=None) -> int:
     budget = BUDGETS[budget_name]
     out = Path(args.out or ROOT / "benchmarks" / "fidelity" / "results" / budget_name)
     all_rows, steps_used = [], {}
-    for dataset in args.datasets:
+    # Train only `--datasets`, but report every data set with finished rows: results.csv/json and the
+    # page always hold every finished row, whichever subset (or rates, `--lrs`) this process ran.
+    for dataset in (d for d in budget["datasets"] if d in args.datasets or (out / "rows" / d).is_dir()):
         study = Study(dataset, budget, out, args)
         steps_used[dataset] = study.steps
-        for phase in args.phase:
-            for variant, lr, seed in study.plan(phase):
-                study.run(variant, lr, seed)
+        if dataset in args.datasets:
+            for phase in args.phase:
+                for variant, lr, seed in study.plan(phase):
+                    study.run(variant, lr, seed)
         all_rows += study.records()
         # The baselines without parameters: the last frame repeated, and carried along the block-matched
         # velocity with DIFFUMA's own search settings.
@@ -338,7 +344,7 @@ def main(argv=None) -> int:
     machine = (torch.cuda.get_device_name() if budget["device"] == "cuda"
                else f"{platform.machine()} CPU, {torch.get_num_threads()} threads per run")
     setup = {"budget": budget_name, "steps": steps_used, "batch_size": budget["batch_size"],
-             "lrs": list(args.lrs or budget["lrs"]), "machine": machine, "torch": str(torch.__version__),
+             "lrs": list(budget["lrs"]), "machine": machine, "torch": str(torch.__version__),
              "date": time.strftime("%Y-%m-%d"), "datasets": budget["datasets"],
              "eval_sequences": args.eval_sequences or budget["eval_sequences"],
              "sizes": {"convlstm": budget["convlstm"], "simvp": budget["simvp"]}}
