@@ -63,9 +63,17 @@ def test_motion_warp_scales_the_velocity_by_the_frame_offset():
         assert torch.allclose(carried[:, k, :, :, k + 1:], last[:, :, :, : 8 - (k + 1)], atol=1e-5)
 
 
-def encoder(motion: str) -> MambaEncoder:
+def encoder(motion: str, **changes) -> MambaEncoder:
     return MambaEncoder((3, 1, 8, 8), 2, hidden_channels=8, num_downsamples=1, depth=1, d_state=4,
-                        translator_dim=16, mlp_ratio=2.0, motion=motion, backend="reference")
+                        translator_dim=16, mlp_ratio=2.0, motion=motion, backend="reference", **changes)
+
+
+def load_fewer_readout_channels(source: MambaEncoder, target: MambaEncoder, channels: int) -> None:
+    """``target`` takes ``source``'s weights with only the first ``channels`` readout channels."""
+    state = source.state_dict()
+    for name in ("spatial_decoder.readout.weight", "spatial_decoder.readout.bias"):
+        state[name] = state[name][:channels]
+    target.load_state_dict(state)
 
 
 def test_warp_encoder_starts_from_the_block_matching_estimate():
@@ -75,10 +83,7 @@ def test_warp_encoder_starts_from_the_block_matching_estimate():
     torch.manual_seed(0)
     warped = encoder("warp")
     plain = encoder("none")
-    state = warped.state_dict()
-    state["spatial_decoder.readout.weight"] = state["spatial_decoder.readout.weight"][:1]
-    state["spatial_decoder.readout.bias"] = state["spatial_decoder.readout.bias"][:1]
-    plain.load_state_dict(state)
+    load_fewer_readout_channels(warped, plain, 1)
     x = torch.rand(2, 3, 1, 8, 8)
     y_warp, context_warp, carried = warped(x, return_carried=True)
     y_plain, context_plain, repeated = plain(x, return_carried=True)
@@ -178,15 +183,11 @@ def test_motion_gate_starts_open_and_can_remove_the_carried_frame():
     ungated one with the same weights; a very negative gate logit removes the carried frame from
     Y_mamba (Y_mamba = the decoder's residual alone); the gate trains (non-zero gradient)."""
     torch.manual_seed(0)
-    gated = MambaEncoder((3, 1, 8, 8), 2, hidden_channels=8, num_downsamples=1, depth=1, d_state=4,
-                         translator_dim=16, mlp_ratio=2.0, motion="warp", motion_gate=True, backend="reference")
+    gated = encoder("warp", motion_gate=True)
     plain = encoder("warp")
-    state = gated.state_dict()
-    assert state["spatial_decoder.readout.weight"].shape[0] == 4  # image, velocity (2), gate
-    assert torch.count_nonzero(state["spatial_decoder.readout.weight"][1:]) == 0
-    state["spatial_decoder.readout.weight"] = state["spatial_decoder.readout.weight"][:3]
-    state["spatial_decoder.readout.bias"] = state["spatial_decoder.readout.bias"][:3]
-    plain.load_state_dict(state)
+    readout = gated.spatial_decoder.readout.weight
+    assert readout.shape[0] == 4 and torch.count_nonzero(readout[1:]) == 0  # image; velocity (2), gate: zero
+    load_fewer_readout_channels(gated, plain, 3)
     x = torch.rand(2, 3, 1, 8, 8)
     y_gated, _, carried_gated = gated(x, return_carried=True)
     y_plain, _, carried_plain = plain(x, return_carried=True)
