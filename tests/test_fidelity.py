@@ -51,7 +51,7 @@ def test_fidelity_study_tiny_budget_writes_results_and_a_docs_page(tmp_path):
 
     # a process that trains another data set (here: nothing of it) still reports this one's rows
     # and the budget's whole search, not its own `--lrs`
-    other = command[: command.index("--only")] + ["--only", "none", "--lrs", "4e-3", "--steps", "1",
+    other = command[:2] + ["--only", "none", "--lrs", "4e-3", "--steps", "1",
                                                    "--eval-sequences", "2", "--datasets", "mmnist",
                                                    "--out", str(out), "--quiet"]
     assert subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO).returncode == 0
